@@ -1,0 +1,21 @@
+# Gather the per-object ptxas reports written by log_ptxas.sh into one file:
+#   cmake -DLOG_DIR=<dir> -DOUTPUT=<file> -DSOURCES=<a.cu;b.cu> -P collect_ptxas.cmake
+# Fails when a .cu file has no report (it was not compiled for the device).
+file(GLOB_RECURSE logs "${LOG_DIR}/*.ptxas.log")
+list(SORT logs)
+set(text "# ptxas resource usage of every CUDA kernel, one section per .cu file (nvcc -Xptxas=-v)\n")
+foreach(source IN LISTS SOURCES)
+  get_filename_component(name "${source}" NAME)
+  set(found "")
+  foreach(log IN LISTS logs)
+    if(log MATCHES "/${name}\\.o\\.ptxas\\.log$")
+      set(found "${log}")
+    endif()
+  endforeach()
+  if(NOT found)
+    message(FATAL_ERROR "collect_ptxas: no ptxas report for ${source}: was it compiled by nvcc?")
+  endif()
+  file(READ "${found}" report)
+  string(APPEND text "=== source: ${name}\n${report}\n")
+endforeach()
+file(WRITE "${OUTPUT}" "${text}")

@@ -1,0 +1,100 @@
+"""numpy (CPU) and cupy (GPU) arrays as op inputs, through DLPack.
+
+torch tensors are the primary interface. An op decorated with :func:`accepts_arrays` also takes
+numpy or cupy arrays for the named arguments; they are wrapped without a copy (DLPack or
+``torch.from_numpy``; read-only or negatively strided numpy arrays are copied), and the result
+comes back as the same kind of array as the first array argument.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return "torch"
+    module = type(value).__module__.split(".")[0]
+    if module == "numpy" and hasattr(value, "__array_interface__"):
+        return "numpy"
+    if module == "cupy":
+        return "cupy"
+    return "other"
+
+
+def to_tensor(value: Any, function: str, name: str) -> torch.Tensor:
+    """Wrap a torch tensor, numpy array or cupy array as a torch tensor, without copying when possible."""
+    kind = _kind(value)
+    if kind == "torch":
+        return value
+    if kind == "numpy":
+        import numpy as np
+
+        array = value
+        if not array.flags.writeable or any(s < 0 for s in array.strides):
+            array = np.array(array, copy=True)
+        return torch.from_numpy(array)
+    if kind == "cupy":
+        return torch.from_dlpack(value)
+    raise TypeError(
+        f"{function}: argument '{name}' must be a torch.Tensor, numpy.ndarray or cupy.ndarray, "
+        f"got {type(value).__name__}"
+    )
+
+
+def from_tensor(tensor: torch.Tensor, kind: str) -> Any:
+    """Return ``tensor`` as the array kind the caller passed in (shares memory)."""
+    if kind == "numpy":
+        return tensor.detach().cpu().numpy()
+    if kind == "cupy":
+        import cupy
+
+        return cupy.from_dlpack(tensor.detach())
+    return tensor
+
+
+def _convert_result(result: Any, kind: str) -> Any:
+    if isinstance(result, torch.Tensor):
+        return from_tensor(result, kind)
+    if isinstance(result, tuple) and not hasattr(result, "_fields"):
+        return tuple(_convert_result(r, kind) for r in result)
+    if isinstance(result, tuple):  # NamedTuple: convert field by field, keep the type
+        return type(result)(*(_convert_result(r, kind) for r in result))
+    return result
+
+
+def accepts_arrays(*names: str) -> Callable[[F], F]:
+    """Decorator: let the arguments ``names`` of a public op be numpy or cupy arrays too."""
+
+    def decorate(function: F) -> F:
+        signature = inspect.signature(function)
+        positions = {name: list(signature.parameters).index(name) for name in names}
+        public_name = f"vision_kernels.{function.__name__}"
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = [args[positions[n]] if positions[n] < len(args) else kwargs.get(n) for n in names]
+            if all(v is None or isinstance(v, torch.Tensor) for v in values):
+                return function(*args, **kwargs)
+            kind = next(_kind(v) for v in values if v is not None and not isinstance(v, torch.Tensor))
+            args = list(args)
+            for name, value in zip(names, values, strict=True):
+                if value is None:
+                    continue
+                tensor = to_tensor(value, public_name, name)
+                if positions[name] < len(args):
+                    args[positions[name]] = tensor
+                else:
+                    kwargs[name] = tensor
+            return _convert_result(function(*args, **kwargs), kind)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

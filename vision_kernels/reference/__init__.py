@@ -1,0 +1,10 @@
+"""Plain-PyTorch implementations of every op: the ground truth the kernels are tested against.
+
+They favour obvious correctness over speed and memory (the benchmarks show both), follow the
+same conventions (shapes, dtypes, accumulation precision) as the ops, and take no shortcuts
+that the kernels take.
+"""
+
+from . import distance
+
+__all__ = ["distance"]

@@ -1,0 +1,85 @@
+"""Helpers for parity tests of vision_kernels ops (used by python_tests/, usable by anyone).
+
+* :func:`emulated` runs an op's *CUDA kernel* on CPU tensors through the host emulation harness
+  (``vision_kernels._C_emu``): the kernel's own source, block by block, one host thread per
+  CUDA thread. This is how CUDA kernels are executed in CI on machines without a GPU.
+* :func:`assert_low_precision_parity` is the fp16/bf16 contract: the kernel's error against a
+  float64 ground truth is at most ``factor`` times the error of the plain-PyTorch reference run
+  in the same low precision (as flash-attention's tests do), plus a small absolute floor.
+* :func:`tolerances` gives the fp32/fp64 tolerances used across the test-suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import _native
+
+__all__ = ["emulated", "emulation_available", "tolerances", "assert_low_precision_parity", "max_abs_error"]
+
+
+def emulation_available() -> bool:
+    """Whether the CUDA kernels were built for the host emulation harness."""
+    return _native.emulation_available()
+
+
+def emulated(op: Any) -> Callable[..., Any]:
+    """The emulated CUDA kernel of ``op`` (an op name like ``"vision_kernels::sq_l2_distance"``
+    or its ``torch.ops`` handle), taking the op's arguments as CPU tensors."""
+    import vision_kernels.ops  # noqa: F401  (imports every op module, registering its kernels)
+
+    from .ops import _registry
+
+    name = _registry.qualified_name(op)
+    try:
+        return _registry.EMULATED_KERNELS[name]
+    except KeyError:
+        known = ", ".join(sorted(_registry.EMULATED_KERNELS))
+        raise KeyError(
+            f"vision_kernels.testing.emulated: no CUDA kernel registered for {name!r}; known: {known}"
+        ) from None
+
+
+def tolerances(dtype: torch.dtype) -> dict[str, float]:
+    """``rtol``/``atol`` for comparing a kernel with its reference computed in the same dtype."""
+    return {
+        torch.float64: {"rtol": 1e-10, "atol": 1e-12},
+        torch.float32: {"rtol": 1e-5, "atol": 1e-6},
+        torch.float16: {"rtol": 2e-3, "atol": 1e-3},
+        torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2},
+    }[dtype]
+
+
+def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if actual.numel() == 0:
+        return 0.0
+    return float((actual.double() - expected.double()).abs().max())
+
+
+def assert_low_precision_parity(
+    actual: torch.Tensor,
+    reference_low: torch.Tensor,
+    reference_exact: torch.Tensor,
+    *,
+    factor: float = 2.0,
+    atol: float = 1e-5,
+    what: str = "",
+) -> None:
+    """Assert ``|actual - exact| <= factor * |reference_low - exact| + atol`` (max norms).
+
+    ``reference_low`` is the plain-PyTorch reference evaluated in the low precision (fp16/bf16),
+    ``reference_exact`` the same in float64; the kernel may be at most ``factor`` times worse
+    than PyTorch's own low-precision error.
+    """
+    if actual.shape != reference_exact.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)} != {tuple(reference_exact.shape)}")
+    ours = max_abs_error(actual, reference_exact)
+    theirs = max_abs_error(reference_low, reference_exact)
+    if not ours <= factor * theirs + atol:
+        raise AssertionError(
+            f"{what}: kernel error {ours:.3e} exceeds {factor} x the reference's own "
+            f"low-precision error {theirs:.3e} (+ {atol:.1e})"
+        )
