@@ -53,8 +53,9 @@ sanitize: $(DEPS)
 	  VK_EMU_TIMEOUT=300 timeout $(EMU_TIMEOUT) setarch $$(uname -m) -R build/emu-$$sanitizer/vk_emu_tests; \
 	done
 
+# Run from python_tests/ so that the installed package is imported, not the source checkout.
 test: install sanitize
-	$(BIN)/python -m pytest python_tests $(PYTEST_ARGS)
+	cd python_tests && $(abspath $(BIN))/python -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/run.py --json bench_output/benchmarks.json --markdown bench_output/benchmarks.md
