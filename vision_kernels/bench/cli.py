@@ -51,7 +51,7 @@ def format_table(measurements: Sequence[Measurement], limits: dict[str, float]) 
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
-        anchors = list(m.anchors_ms) or [None]
+        anchors: list[str | None] = [*m.anchors_ms] or [None]
         for index, anchor in enumerate(anchors):
             first = index == 0
             ceiling = "-"

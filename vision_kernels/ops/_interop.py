@@ -84,16 +84,16 @@ def accepts_arrays(*names: str) -> Callable[[F], F]:
             if all(v is None or isinstance(v, torch.Tensor) for v in values):
                 return function(*args, **kwargs)
             kind = next(_kind(v) for v in values if v is not None and not isinstance(v, torch.Tensor))
-            args = list(args)
+            arguments = list(args)
             for name, value in zip(names, values, strict=True):
                 if value is None:
                     continue
                 tensor = to_tensor(value, public_name, name)
-                if positions[name] < len(args):
-                    args[positions[name]] = tensor
+                if positions[name] < len(arguments):
+                    arguments[positions[name]] = tensor
                 else:
                     kwargs[name] = tensor
-            return _convert_result(function(*args, **kwargs), kind)
+            return _convert_result(function(*arguments, **kwargs), kind)
 
         return wrapper  # type: ignore[return-value]
 

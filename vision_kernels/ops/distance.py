@@ -9,6 +9,8 @@ dL/dx_i = 2 (x_i sum_j g_ij - sum_j g_ij y_j), dL/dy_j = 2 (y_j sum_i g_ij - sum
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -67,12 +69,12 @@ def _(x: Tensor, y: Tensor, check_finite: bool) -> Tensor:
     return x.new_empty((x.shape[0], y.shape[0]))
 
 
-def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, bool], output: Tensor) -> None:
     x, y, _ = inputs
     ctx.save_for_backward(x, y)
 
 
-def _backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
     x, y = ctx.saved_tensors  # [N, D], [M, D]; grad: [N, M]
     grad_x = grad_y = None
     if ctx.needs_input_grad[0]:

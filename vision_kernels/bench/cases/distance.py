@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from vision_kernels.bench.harness import Contenders, case
@@ -13,7 +15,7 @@ def _contenders(n: int, m: int, d: int, dtype: torch.dtype = torch.float32) -> C
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=generator).to(dtype)  # [N, D]
     y = torch.randn(m, d, generator=generator).to(dtype)  # [M, D]
-    anchors = {"torch.cdist^2": lambda: torch.cdist(x.float(), y.float()).square_()}
+    anchors: dict[str, Callable[[], object]] = {"torch.cdist^2": lambda: torch.cdist(x.float(), y.float()).square_()}
     try:
         import faiss
 
