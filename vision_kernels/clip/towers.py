@@ -383,9 +383,8 @@ class _HuggingFaceBlock(Block):
 class HuggingFaceTower(VisionTower):
     """transformers ``CLIPVisionModelWithProjection`` / ``CLIPModel`` / ``CLIPVisionModel``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, vision: nn.Module) -> None:
         self.module = model
-        vision = model.vision_model
         self.vision = vision
         self.projection = getattr(model, "visual_projection", None)
         self.blocks = [_HuggingFaceBlock(layer) for layer in vision.encoder.layers]
@@ -447,9 +446,9 @@ def as_vision_tower(model: object) -> VisionTower:
     visual = getattr(model, "visual", model)
     if VisionTransformer is not None and isinstance(visual, VisionTransformer):
         return OpenClipTower(visual)
-    vision = getattr(model, "vision_model", None)
-    if vision is not None and hasattr(vision, "embeddings") and hasattr(vision, "encoder"):
-        return HuggingFaceTower(model)
+    for vision in (getattr(model, "vision_model", None), model):
+        if all(hasattr(vision, name) for name in ("embeddings", "pre_layrnorm", "encoder", "post_layernorm")):
+            return HuggingFaceTower(model, vision)  # type: ignore[arg-type]
     described = type(visual).__name__ if visual is not model else type(model).__name__
     raise TypeError(
         f"{FUNCTION}: argument 'model' must be an open_clip ViT (CLIP model or VisionTransformer tower) or a "
