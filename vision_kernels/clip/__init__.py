@@ -17,6 +17,7 @@ from .capture import Capture, capture
 from .decompose import CONVENTIONS, Decomposition, decompose
 from .figures import overlay_figure
 from .folded import clear_fold_cache, folded_head_matrices
+from .models import LoadedClip, load_clip
 from .spatial import average_precision, heatmaps, segment, segmentation_scores, text_heatmaps, token_contributions
 from .texts import (
     DEFAULT_TEMPLATES,
@@ -34,6 +35,7 @@ __all__ = [
     "Capture",
     "Decomposition",
     "FinalNorm",
+    "LoadedClip",
     "TextSpanResult",
     "VisionTower",
     "as_vision_tower",
@@ -47,6 +49,7 @@ __all__ = [
     "format_text_spans",
     "head_text_spans",
     "heatmaps",
+    "load_clip",
     "load_text_bank",
     "mean_ablate",
     "mean_ablation_accuracy",
