@@ -28,7 +28,15 @@ def tiny_vit(**options: object) -> nn.Module:
     """A small open_clip VisionTransformer (32 px, 8 px patches, width 64, 2 layers, 4 heads), perturbed."""
     from open_clip.transformer import VisionTransformer
 
-    config = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "heads": 4, "mlp_ratio": 2.0, "output_dim": 24}
+    config = {
+        "image_size": 32,
+        "patch_size": 8,
+        "width": 64,
+        "layers": 2,
+        "heads": 4,
+        "mlp_ratio": 2.0,
+        "output_dim": 24,
+    }
     config.update(options)
     torch.manual_seed(0)
     return perturb(VisionTransformer(**config)).eval()

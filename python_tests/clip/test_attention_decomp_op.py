@@ -39,12 +39,12 @@ KERNELS = [
 ]
 
 
-def make_inputs(b, l, n, h, d, e, dtype=torch.float32, offset=True):
-    values = torch.randn(b, l, n, h * d).unflatten(-1, (h, d)).to(dtype)  # view of [B, L, N, W]
-    attn = torch.softmax(torch.randn(b, l, h, n), -1).to(dtype)
-    folded = torch.randn(l, h, d, e).to(dtype)
+def make_inputs(b, nl, n, h, d, e, dtype=torch.float32, offset=True):
+    values = torch.randn(b, nl, n, h * d).unflatten(-1, (h, d)).to(dtype)  # view of [B, L, N, W]
+    attn = torch.softmax(torch.randn(b, nl, h, n), -1).to(dtype)
+    folded = torch.randn(nl, h, d, e).to(dtype)
     scale = (torch.rand(b) + 0.5).to(dtype)
-    off = torch.randn(b, l, e).to(dtype) if offset else None
+    off = torch.randn(b, nl, e).to(dtype) if offset else None
     return values, attn, folded, scale, off
 
 
@@ -76,9 +76,7 @@ def test_parity_every_kept_axis_combination(kernel, keep, with_offset) -> None:
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize(
-    "shape", [(1, 1, 1, 1, 1, 1), (2, 2, 5, 3, 4, 7), (1, 2, 9, 2, 16, 33), (3, 1, 17, 4, 3, 130)]
-)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1, 1), (2, 2, 5, 3, 4, 7), (1, 2, 9, 2, 16, 33), (3, 1, 17, 4, 3, 130)])
 def test_parity_shapes(kernel, shape) -> None:
     inputs = make_inputs(*shape)
     for keep in [(True, True, True), (False, False, False), (True, False, True)]:
@@ -120,12 +118,12 @@ def test_output_dtype_independent_of_input(kernel, in_dtype, out_dtype) -> None:
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_strided_and_broadcast_inputs(kernel) -> None:
-    b, l, n, h, d, e = 2, 3, 7, 2, 5, 19
-    values = torch.randn(b, n, l, h, d).permute(0, 2, 1, 3, 4)  # [B, L, N, H, Dh], non-contiguous
-    attn = torch.rand(b, h, n, l).permute(0, 3, 1, 2)  # [B, L, H, N], non-contiguous
-    folded = torch.randn(l, h, e, d).transpose(-1, -2)  # [L, H, Dh, E], E not unit-stride
+    b, nl, n, h, d, e = 2, 3, 7, 2, 5, 19
+    values = torch.randn(b, n, nl, h, d).permute(0, 2, 1, 3, 4)  # [B, L, N, H, Dh], non-contiguous
+    attn = torch.rand(b, h, n, nl).permute(0, 3, 1, 2)  # [B, L, H, N], non-contiguous
+    folded = torch.randn(nl, h, e, d).transpose(-1, -2)  # [L, H, Dh, E], E not unit-stride
     scale = torch.rand(2 * b)[::2]  # stride 2
-    offset = torch.randn(1, 1, e).expand(b, l, e)  # stride 0
+    offset = torch.randn(1, 1, e).expand(b, nl, e)  # stride 0
     assert not values.is_contiguous() and folded.stride(-1) != 1
     for keep in KEEPS:
         assert_parity(kernel, (values, attn, folded, scale, offset), keep=keep)
@@ -147,7 +145,7 @@ def test_empty_inputs(kernel) -> None:
 
 @given(
     b=st.integers(1, 3),
-    l=st.integers(1, 3),
+    nl=st.integers(1, 3),
     n=st.integers(1, 20),
     h=st.integers(1, 3),
     d=st.integers(1, 9),
@@ -156,9 +154,9 @@ def test_empty_inputs(kernel) -> None:
     with_offset=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-def test_parity_property(b, l, n, h, d, e, keep, with_offset, dtype) -> None:
-    inputs = make_inputs(b, l, n, h, d, e, dtype=dtype, offset=with_offset)
-    assert_parity(cpu_kernel, inputs, layers=list(range(l))[::-1], keep=keep)
+def test_parity_property(b, nl, n, h, d, e, keep, with_offset, dtype) -> None:
+    inputs = make_inputs(b, nl, n, h, d, e, dtype=dtype, offset=with_offset)
+    assert_parity(cpu_kernel, inputs, layers=list(range(nl))[::-1], keep=keep)
 
 
 def test_summing_in_the_kernel_equals_summing_the_per_token_output() -> None:
@@ -195,7 +193,9 @@ def test_gradients(keep) -> None:
 def test_opcheck(requires_grad) -> None:
     values, attn, folded, scale, offset = (t.requires_grad_(requires_grad) for t in make_inputs(2, 2, 5, 2, 3, 6))
     torch.library.opcheck(OP.default, (values, attn, folded, scale, offset, [1, 0], True, True, True, None, True))
-    torch.library.opcheck(OP.default, (values, attn, folded, scale, None, [1], False, False, False, torch.float16, False))
+    torch.library.opcheck(
+        OP.default, (values, attn, folded, scale, None, [1], False, False, False, torch.float16, False)
+    )
 
 
 def test_torch_compile_fullgraph() -> None:
@@ -232,7 +232,11 @@ def _bad(**changes):
 @pytest.mark.parametrize(
     ("changes", "error", "message"),
     [
-        ({"values": torch.randn(2, 3, 5, 8)}, ValueError, r"argument 'values' must have 5 dimensions \[B, L, N, H, Dh\]"),
+        (
+            {"values": torch.randn(2, 3, 5, 8)},
+            ValueError,
+            r"argument 'values' must have 5 dimensions \[B, L, N, H, Dh\]",
+        ),
         ({"attn": torch.randn(2, 3, 2)}, ValueError, r"argument 'attn' must have 4 dimensions"),
         ({"folded": torch.randn(3, 2, 4)}, ValueError, r"argument 'folded' must have 4 dimensions"),
         ({"scale": torch.rand(2, 1)}, ValueError, r"argument 'scale' must have 1 dimensions"),
@@ -280,7 +284,9 @@ def test_nan_propagates_when_unchecked() -> None:
 
 def test_mixed_devices() -> None:
     values, attn, folded, scale, _ = make_inputs(1, 1, 3, 1, 2, 4)
-    with pytest.raises(ValueError, match=r"arguments 'values' and 'folded' must be on the same device, got cpu and meta"):
+    with pytest.raises(
+        ValueError, match=r"arguments 'values' and 'folded' must be on the same device, got cpu and meta"
+    ):
         attention_decomposition(values, attn, torch.empty(folded.shape, device="meta"), scale)
 
 
@@ -290,7 +296,9 @@ def test_native_core_checks_its_own_arguments() -> None:
     values, attn, folded, scale, _ = make_inputs(1, 2, 3, 1, 2, 4)
     ref = _native.tensor_ref
     out = torch.empty(1, 2, 1, 3, 5)
-    with pytest.raises(ValueError, match=r"argument 'out' must have size 4 in dimension 4 \(E\), got shape \[1, 2, 1, 3, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"argument 'out' must have size 4 in dimension 4 \(E\), got shape \[1, 2, 1, 3, 5\]"
+    ):
         _native.cpu_module().attention_decomposition_cpu(
             ref(values), ref(attn), ref(folded), ref(scale), None, [0, 1], True, True, True, ref(out)
         )

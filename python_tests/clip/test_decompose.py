@@ -26,7 +26,12 @@ def test_sum_of_terms_is_encode_image(open_clip_model, rel_err, name, batch) -> 
     for convention in vc.CONVENTIONS:
         for normalize, target in ((False, plain), (True, normalized)):
             decomposition = vc.decompose(model, images, convention=convention, normalize=normalize, keep_capture=False)
-            assert decomposition.heads.shape == (batch, model.visual.transformer.layers, model.visual.transformer.resblocks[0].attn.num_heads, plain.shape[1])
+            assert decomposition.heads.shape == (
+                batch,
+                model.visual.transformer.layers,
+                model.visual.transformer.resblocks[0].attn.num_heads,
+                plain.shape[1],
+            )
             assert rel_err(decomposition.total(), target) < 1e-5, (name, convention, normalize)
             assert rel_err(decomposition.output, target) < 1e-5
 
@@ -43,7 +48,9 @@ def test_per_token_terms_match_the_materializing_reference(open_clip_model, conv
     scale = float(want["heads"].abs().max())
     torch.testing.assert_close(heads, want["heads"], rtol=1e-4, atol=1e-5 * scale)
     for key in ("mlps", "embedding", "bias", "output"):
-        torch.testing.assert_close(getattr(ours, key), want[key], rtol=1e-4, atol=1e-5 * float(want[key].abs().max() + 1e-12))
+        torch.testing.assert_close(
+            getattr(ours, key), want[key], rtol=1e-4, atol=1e-5 * float(want[key].abs().max() + 1e-12)
+        )
 
 
 def test_conventions_differ_only_in_how_the_mean_is_shared(make_tiny_vit) -> None:
@@ -69,7 +76,13 @@ OPTIONS = {
     "final_ln_after_pool": {"final_ln_after_pool": True},
     "sin_cos_positions": {"pos_embed_type": "sin_cos_2d"},
     "patch_dropout_in_eval": {"patch_dropout": 0.5},
-    "everything": {"ls_init_value": 0.3, "act_layer": "quick_gelu", "qk_norm": True, "scale_heads": True, "scale_fc": True},
+    "everything": {
+        "ls_init_value": 0.3,
+        "act_layer": "quick_gelu",
+        "qk_norm": True,
+        "scale_heads": True,
+        "scale_fc": True,
+    },
 }
 
 
@@ -139,7 +152,10 @@ def test_scaled_cosine_attention(make_tiny_vit, rel_err) -> None:
 )
 def test_configurations_that_cannot_be_decomposed_exactly(make_tiny_vit, options, message) -> None:
     tower = make_tiny_vit(**options)
-    with pytest.raises(ValueError, match=r"vision_kernels\.clip\.decompose: argument 'model' cannot be decomposed exactly: .*" + message):
+    with pytest.raises(
+        ValueError,
+        match=r"vision_kernels\.clip\.decompose: argument 'model' cannot be decomposed exactly: .*" + message,
+    ):
         vc.decompose(tower, torch.randn(1, 3, 32, 32))
 
 
@@ -149,7 +165,9 @@ def test_unsupported_model_types() -> None:
     resnet = ModifiedResNet(layers=(1, 1, 1, 1), output_dim=16, heads=2, image_size=64, width=8).eval()
     wrapper = nn.Module()
     wrapper.visual = resnet
-    with pytest.raises(TypeError, match=r"argument 'model' must be an open_clip ViT .* got ModifiedResNet \(timm and ResNet"):
+    with pytest.raises(
+        TypeError, match=r"argument 'model' must be an open_clip ViT .* got ModifiedResNet \(timm and ResNet"
+    ):
         vc.decompose(wrapper, torch.randn(1, 3, 64, 64))
     with pytest.raises(TypeError, match=r"argument 'model' must be an open_clip ViT .* got Linear"):
         vc.decompose(nn.Linear(3, 3), torch.randn(1, 3, 64, 64))
@@ -209,22 +227,24 @@ def test_capture_matches_the_modules_own_computations(make_tiny_vit) -> None:
         x = tower._embeds(images)
         torch.testing.assert_close(cap.residual_tokens[:, 0], x)
         torch.testing.assert_close(cap.embedding, x[:, 0])
-        for l, block in enumerate(tower.transformer.resblocks):
+        for layer, block in enumerate(tower.transformer.resblocks):
             y = block.ln_1(x)
             # attention rows as nn.MultiheadAttention itself returns them
             _, weights = block.attn(y, y, y, need_weights=True, average_attn_weights=False)  # [B, H, N, N]
-            torch.testing.assert_close(cap.attention[:, l], weights[:, :, 0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(cap.attention[:, layer], weights[:, :, 0], rtol=1e-5, atol=1e-6)
             value_weight = block.attn.in_proj_weight[128:]
             value_bias = block.attn.in_proj_bias[128:]
-            torch.testing.assert_close(cap.values[:, l].flatten(2), F.linear(y, value_weight, value_bias))
+            torch.testing.assert_close(cap.values[:, layer].flatten(2), F.linear(y, value_weight, value_bias))
             var, mean = torch.var_mean(x, -1, unbiased=False)
-            torch.testing.assert_close(cap.ln1_mean[:, l], mean)
-            torch.testing.assert_close(cap.ln1_std[:, l], (var + block.ln_1.eps).sqrt())
+            torch.testing.assert_close(cap.ln1_mean[:, layer], mean)
+            torch.testing.assert_close(cap.ln1_std[:, layer], (var + block.ln_1.eps).sqrt())
             after = block(x)
-            torch.testing.assert_close(cap.residual_tokens[:, l + 1], after, rtol=1e-5, atol=1e-5)
-            mlp = cap.mlp_tokens[:, l]
-            torch.testing.assert_close(block.mlp.c_proj(cap.neurons[:, l]) * block.ls_2.gamma, mlp, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(cap.mlp_out[:, l], mlp[:, 0])
+            torch.testing.assert_close(cap.residual_tokens[:, layer + 1], after, rtol=1e-5, atol=1e-5)
+            mlp = cap.mlp_tokens[:, layer]
+            torch.testing.assert_close(
+                block.mlp.c_proj(cap.neurons[:, layer]) * block.ls_2.gamma, mlp, rtol=1e-5, atol=1e-6
+            )
+            torch.testing.assert_close(cap.mlp_out[:, layer], mlp[:, 0])
             x = after
         rebuilt = cap.embedding + cap.attention_out.sum(1) + cap.mlp_out.sum(1)
         torch.testing.assert_close(rebuilt, cap.residual, rtol=1e-5, atol=1e-5)
@@ -266,7 +286,9 @@ def test_axes_and_layer_subsets(make_tiny_vit, rel_err) -> None:
     subset = vc.decompose(tower, images, layers=[-1, 1])
     assert subset.layers == (3, 1) and subset.heads.shape == (2, 2, 4, 24)
     torch.testing.assert_close(subset.heads[:, 0], full.head_sum(("image", "layer", "head", "dim"))[:, 3])
-    torch.testing.assert_close(subset.other_heads, full.head_sum(("image", "layer", "dim"))[:, [0, 2]].sum(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        subset.other_heads, full.head_sum(("image", "layer", "dim"))[:, [0, 2]].sum(1), rtol=1e-5, atol=1e-6
+    )
     assert rel_err(subset.total(), want) < 1e-5
     assert subset.layer_position(1) == 1
     with pytest.raises(IndexError, match=r"layer 2 was not decomposed"):
@@ -344,10 +366,22 @@ def test_folded_matrices_are_centred_per_term(make_tiny_vit) -> None:
     ("images", "error", "message"),
     [
         (torch.randn(3, 32, 32), ValueError, r"argument 'images' must have 4 dimensions \[B, C, H, W\], got 3"),
-        (torch.randn(1, 1, 32, 32), ValueError, r"argument 'images' must have 3 channels in dimension 1, got shape \[1, 1, 32, 32\]"),
-        (torch.randn(1, 3, 64, 32), ValueError, r"argument 'images' must be 32 x 32 pixels \(the model's image size\), got shape \[1, 3, 64, 32\]"),
+        (
+            torch.randn(1, 1, 32, 32),
+            ValueError,
+            r"argument 'images' must have 3 channels in dimension 1, got shape \[1, 1, 32, 32\]",
+        ),
+        (
+            torch.randn(1, 3, 64, 32),
+            ValueError,
+            r"argument 'images' must be 32 x 32 pixels \(the model's image size\), got shape \[1, 3, 64, 32\]",
+        ),
         (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), TypeError, r"argument 'images' must be a floating tensor"),
-        (torch.empty(1, 3, 32, 32, device="meta"), ValueError, r"arguments 'images' and 'model' must be on the same device, got meta and cpu"),
+        (
+            torch.empty(1, 3, 32, 32, device="meta"),
+            ValueError,
+            r"arguments 'images' and 'model' must be on the same device, got meta and cpu",
+        ),
         ([[1.0]], TypeError, r"argument 'images' must be a torch.Tensor, got list"),
     ],
 )
@@ -359,10 +393,18 @@ def test_bad_images(make_tiny_vit, images, error, message) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"layers": [0, 2]}, IndexError, r"argument 'layers' must hold layer indices in \[-2, 2\) for a model with 2 layers, got 2 at position 1"),
+        (
+            {"layers": [0, 2]},
+            IndexError,
+            r"argument 'layers' must hold layer indices in \[-2, 2\) for a model with 2 layers, got 2 at position 1",
+        ),
         ({"layers": -3}, IndexError, r"argument 'layers' must hold layer indices in \[-2, 2\)"),
         ({"layers": []}, ValueError, r"argument 'layers' must list at least one layer"),
-        ({"convention": "mean"}, ValueError, r"argument 'convention' must be one of \('per_term', 'even_split'\), got 'mean'"),
+        (
+            {"convention": "mean"},
+            ValueError,
+            r"argument 'convention' must be one of \('per_term', 'even_split'\), got 'mean'",
+        ),
         ({"dtype": torch.int8}, TypeError, r"argument 'dtype' must be float32, float64, float16 or bfloat16"),
         ({"batch_size": 0}, ValueError, r"argument 'batch_size' must be >= 1, got 0"),
     ],

@@ -41,9 +41,9 @@ def test_covariance_form_selects_the_same_texts_as_the_direct_form(images, embed
 
 
 def test_direct_form_in_float32_agrees_on_a_realistic_head() -> None:
-    # Like the original code (float32 projections) on rank-64 head outputs in 512 dims.
-    data = head_like_data(2000, 512, 64, offset=0.0)
-    text_bank = bank(500, 512)
+    # Like the original code (float32 projections) on rank-64 head outputs, as in ViT-B heads.
+    data = head_like_data(1000, 256, 64, offset=0.0)
+    text_bank = bank(300, 256)
     fast = vc.text_span(data, text_bank, num_texts=10)
     direct = vc.text_span(data, text_bank, num_texts=10, method="direct", dtype=torch.float32)
     assert fast.indices == direct.indices and fast.rank == direct.rank == 64
@@ -94,11 +94,29 @@ def test_many_heads_from_a_decomposition(make_tiny_vit) -> None:
 @pytest.mark.parametrize(
     ("contributions", "texts", "kwargs", "error", "message"),
     [
-        (torch.randn(10, 8), torch.randn(0, 8), {}, ValueError, r"argument 'text_embeddings' must be a non-empty text bank"),
-        (torch.randn(10, 8), torch.randn(5, 9), {}, ValueError, r"argument 'text_embeddings' must have size 8 in dimension 1"),
+        (
+            torch.randn(10, 8),
+            torch.randn(0, 8),
+            {},
+            ValueError,
+            r"argument 'text_embeddings' must be a non-empty text bank",
+        ),
+        (
+            torch.randn(10, 8),
+            torch.randn(5, 9),
+            {},
+            ValueError,
+            r"argument 'text_embeddings' must have size 8 in dimension 1",
+        ),
         (torch.randn(1, 8), torch.randn(5, 8), {}, ValueError, r"argument 'contributions' must hold at least 2 images"),
         (torch.randn(10), torch.randn(5, 8), {}, ValueError, r"argument 'contributions' must have 2 dimensions"),
-        (torch.full((10, 8), float("nan")), torch.randn(5, 8), {}, ValueError, r"arguments .contributions. and .text_embeddings. must be finite"),
+        (
+            torch.full((10, 8), float("nan")),
+            torch.randn(5, 8),
+            {},
+            ValueError,
+            r"arguments .contributions. and .text_embeddings. must be finite",
+        ),
         (torch.randn(10, 8), torch.randn(5, 8), {"method": "svd"}, ValueError, r"argument 'method' must be one of"),
         (torch.randn(10, 8), torch.randn(5, 8), {"num_texts": 0}, ValueError, r"argument 'num_texts' must be >= 1"),
         (torch.randn(10, 8), torch.randn(5, 8), {"texts": ["a"]}, ValueError, r"argument 'texts' must have one string"),
@@ -159,7 +177,14 @@ def test_encode_texts_bad_input(tiny_clip, make_tiny_vit) -> None:
 def test_encode_texts_transformers_needs_a_tokenizer() -> None:
     from transformers import CLIPConfig, CLIPModel
 
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).eval()
     with pytest.raises(TypeError, match=r"argument 'tokenizer' is required for transformers models"):

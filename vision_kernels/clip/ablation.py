@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import torch
 from torch import Tensor
 
 from .decompose import Decomposition
@@ -27,9 +26,13 @@ def _head_terms(decomposition: Decomposition, need_heads: bool) -> Tensor:
     """Head terms summed over tokens, ``[B, S, H, E]`` (or ``[B, S, E]`` without a head axis)."""
     axes = decomposition.head_axes
     if "layer" not in axes:
-        raise ValueError(f"{FUNCTION}: the decomposition summed its head terms over layers; decompose with per_layer=True")
+        raise ValueError(
+            f"{FUNCTION}: the decomposition summed its head terms over layers; decompose with per_layer=True"
+        )
     if need_heads and "head" not in axes:
-        raise ValueError(f"{FUNCTION}: the decomposition summed over heads; decompose with per_head=True to ablate heads")
+        raise ValueError(
+            f"{FUNCTION}: the decomposition summed over heads; decompose with per_head=True to ablate heads"
+        )
     keep = [a for a in axes if a != "token"]
     return decomposition.head_sum(keep)
 
@@ -72,10 +75,10 @@ def mean_ablate(
     reference = decomposition if reference is None else reference
     if reference is not decomposition:
         _same_layout(decomposition, reference)
-    heads = [(int(l), int(h)) for l, h in heads]
-    layers = [int(l) for l in layers]
+    heads = [(int(layer), int(head)) for layer, head in heads]
+    layers = [int(layer) for layer in layers]
     num_layers = decomposition.mlps.shape[1]
-    mlp_layers = list(range(num_layers)) if mlps == "all" else [int(l) for l in mlps]  # type: ignore[union-attr]
+    mlp_layers = list(range(num_layers)) if mlps == "all" else [int(layer) for layer in mlps]  # type: ignore[union-attr]
     repaired = decomposition.output.clone()
     if heads or layers:
         terms = _head_terms(decomposition, need_heads=bool(heads))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from .towers import VisionTower, as_vision_tower, check_images
+from .towers import as_vision_tower, check_images
 
 __all__ = ["Capture", "capture"]
 
@@ -131,26 +131,26 @@ def capture(
     residual_tokens = x.new_empty((batch, layers + 1, tokens, width)) if keep_residual_tokens else None
     neurons: list[Tensor] = []
     embedding = x[:, 0].clone()
-    for l, block in enumerate(tower.blocks):
+    for layer, block in enumerate(tower.blocks):
         if residual_tokens is not None:
-            residual_tokens[:, l] = x
-        ln_stats[0, :, l], ln_stats[1, :, l] = _statistics(x, block.ln_1_eps())
+            residual_tokens[:, layer] = x
+        ln_stats[0, :, layer], ln_stats[1, :, layer] = _statistics(x, block.ln_1_eps())
         q, k, v = block.qkv(block.ln_1(x))  # [B, H, N, Dh]
-        values[:, l] = v.transpose(1, 2).flatten(2)
-        attention[:, l] = block.class_attention(q, k)
+        values[:, layer] = v.transpose(1, 2).flatten(2)
+        attention[:, layer] = block.class_attention(q, k)
         attended = block.project(block.attend(q, k, v))  # [B, N, W]
-        attention_out[:, l] = attended[:, 0]
+        attention_out[:, layer] = attended[:, 0]
         x = x + attended
-        ln_stats[2, :, l], ln_stats[3, :, l] = _statistics(x, block.ln_2_eps())
+        ln_stats[2, :, layer], ln_stats[3, :, layer] = _statistics(x, block.ln_2_eps())
         mlp, hidden = block.mlp(block.ln_2(x), keep_hidden=keep_neurons)  # [B, N, W]
         gamma = block.ls_2()
         if gamma is not None:
             mlp = mlp * gamma
         if hidden is not None:
             neurons.append(hidden)
-        mlp_out[:, l] = mlp[:, 0]
+        mlp_out[:, layer] = mlp[:, 0]
         if mlp_tokens is not None:
-            mlp_tokens[:, l] = mlp
+            mlp_tokens[:, layer] = mlp
         x = x + mlp
     if residual_tokens is not None:
         residual_tokens[:, layers] = x

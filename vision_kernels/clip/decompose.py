@@ -107,7 +107,9 @@ class Decomposition:
     def total(self) -> Tensor:
         """Sum of all terms ``[B, E]`` (equals :attr:`output` up to rounding), accumulated in float64."""
         heads = self.head_sum(("image", "dim")).double()
-        return heads + self.other_heads.double() + self.mlps.double().sum(1) + self.embedding.double() + self.bias.double()
+        return (
+            heads + self.other_heads.double() + self.mlps.double().sum(1) + self.embedding.double() + self.bias.double()
+        )
 
     def layer_position(self, layer: int) -> int:
         """Position of model layer ``layer`` along the ``"layer"`` axis of :attr:`heads`."""

@@ -57,7 +57,9 @@ def overlay_figure(
 
     maps = maps[:, None] if maps.dim() == 3 else maps
     if maps.dim() != 4:
-        raise ValueError(f"vision_kernels.clip.overlay_figure: argument 'maps' must be [B, (T,) H, W], got {list(maps.shape)}")
+        raise ValueError(
+            f"vision_kernels.clip.overlay_figure: argument 'maps' must be [B, (T,) H, W], got {list(maps.shape)}"
+        )
     count, per_image = maps.shape[0], maps.shape[1]
     if len(images) != count:
         raise ValueError(

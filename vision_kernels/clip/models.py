@@ -38,7 +38,9 @@ class LoadedClip:
 
 
 def load_clip(name: str, pretrained: str | None = None, *, device: str | torch.device = "cpu") -> LoadedClip:
-    """Build an open_clip model (random weights unless ``pretrained`` names weights) or a transformers one (``hf:<id>``).
+    """Build an open_clip model (random weights unless ``pretrained`` names weights) or a transformers one.
+
+    ``name`` is an open_clip model name, or ``hf:<model id>`` for a transformers ``CLIPModel``.
 
     Raises:
         ValueError: an unknown open_clip model name (lists how to find the known ones).

@@ -45,13 +45,16 @@ def _directions(text_embeddings: Tensor, contrast: Tensor | str | None, function
     texts = text_embeddings[None] if text_embeddings.dim() == 1 else text_embeddings  # [T, E]
     if texts.dim() != 2 or texts.shape[0] == 0:
         raise ValueError(
-            f"{function}: argument 'text_embeddings' must be [E] or a non-empty [T, E], got {list(text_embeddings.shape)}"
+            f"{function}: argument 'text_embeddings' must be [E] or a non-empty [T, E], "
+            f"got {list(text_embeddings.shape)}"
         )
     if contrast is None:
         return texts
     if isinstance(contrast, str):
         if contrast != "mean":
-            raise ValueError(f"{function}: argument 'contrast' must be None, 'mean' or a text embedding, got {contrast!r}")
+            raise ValueError(
+                f"{function}: argument 'contrast' must be None, 'mean' or a text embedding, got {contrast!r}"
+            )
         return texts - texts.mean(0, keepdim=True)
     other = contrast[None] if contrast.dim() == 1 else contrast
     if other.shape[-1] != texts.shape[-1] or other.shape[0] not in (1, texts.shape[0]):
@@ -111,7 +114,7 @@ def text_heatmaps(
     upsample: bool = True,
     batch_size: int | None = None,
 ) -> Tensor:
-    """Decompose ``images`` per token (summed over heads and ``layers``) and return their text heatmaps ``[B, T, H, W]``.
+    """Text heatmaps ``[B, T, H, W]`` of ``images``, decomposed per token and summed over heads and ``layers``.
 
     Only ``[B, N, E]`` token terms are formed (``per_head=False, per_layer=False``), so this is as
     cheap in memory as one forward pass.
@@ -123,7 +126,9 @@ def text_heatmaps(
         tower, images, layers=layers, per_token=True, per_head=False, per_layer=False, keep_capture=False,
         batch_size=batch_size,
     )  # fmt: skip
-    return heatmaps(decomposition, text_embeddings, contrast=contrast, image_size=tower.image_size if upsample else None)
+    return heatmaps(
+        decomposition, text_embeddings, contrast=contrast, image_size=tower.image_size if upsample else None
+    )
 
 
 def segment(heatmaps_: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,7 +150,7 @@ def segment(heatmaps_: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def average_precision(scores: Tensor, targets: Tensor) -> float:
-    """Average precision of ``scores`` ranking the positive ``targets`` (as ``sklearn.metrics.average_precision_score``).
+    """Average precision of ``scores`` ranking the positive ``targets`` (``sklearn.metrics.average_precision_score``).
 
     ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds in decreasing order; 0 when
     there is no positive.

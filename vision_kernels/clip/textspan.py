@@ -73,7 +73,9 @@ class TextSpanResult:
 
 def _check(contributions: object, text_embeddings: object, texts: Sequence[str] | None, num_texts: int) -> None:
     if not isinstance(contributions, Tensor):
-        raise TypeError(f"{FUNCTION}: argument 'contributions' must be a torch.Tensor, got {type(contributions).__name__}")
+        raise TypeError(
+            f"{FUNCTION}: argument 'contributions' must be a torch.Tensor, got {type(contributions).__name__}"
+        )
     if not isinstance(text_embeddings, Tensor):
         raise TypeError(
             f"{FUNCTION}: argument 'text_embeddings' must be a torch.Tensor, got {type(text_embeddings).__name__}"
@@ -280,11 +282,18 @@ def head_text_spans(
             f"vision_kernels.clip.head_text_spans: argument 'contributions' must be a [K, L, H, E] tensor, got {shape}"
         )
     layer_ids = list(layers) if layers is not None else list(range(contributions.shape[1]))
-    pairs = list(heads) if heads is not None else [(p, h) for p in range(contributions.shape[1]) for h in range(contributions.shape[2])]
+    pairs = (
+        list(heads)
+        if heads is not None
+        else [(p, h) for p in range(contributions.shape[1]) for h in range(contributions.shape[2])]
+    )
     results = {}
     for position, head in _progress.progress(pairs, desc="TextSpan heads", total=len(pairs)):
         results[(layer_ids[position], head)] = text_span(
-            contributions[:, position, head], text_embeddings, texts, **options  # type: ignore[arg-type]
+            contributions[:, position, head],
+            text_embeddings,
+            texts,
+            **options,  # type: ignore[arg-type]
         )
     return results
 

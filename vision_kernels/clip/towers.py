@@ -316,7 +316,9 @@ class OpenClipTower(VisionTower):
         proj = self.module.proj
         width = self.width
         reference = proj if proj is not None else self.module.conv1.weight
-        weight = ln.weight if ln.weight is not None else torch.ones(width, dtype=reference.dtype, device=reference.device)
+        weight = (
+            ln.weight if ln.weight is not None else torch.ones(width, dtype=reference.dtype, device=reference.device)
+        )
         bias = ln.bias if ln.bias is not None else torch.zeros_like(weight)
         if proj is None:
             proj = torch.eye(width, dtype=weight.dtype, device=weight.device)
@@ -410,7 +412,9 @@ class HuggingFaceTower(VisionTower):
                 raise _unsupported("a visual projection with a bias")
         else:
             proj = torch.eye(self.width, dtype=ln.weight.dtype, device=ln.weight.device)
-        return FinalNorm(ln.weight, ln.bias if ln.bias is not None else torch.zeros_like(ln.weight), float(ln.eps), proj)
+        return FinalNorm(
+            ln.weight, ln.bias if ln.bias is not None else torch.zeros_like(ln.weight), float(ln.eps), proj
+        )
 
     def encode(self, images: Tensor) -> Tensor:
         if self.projection is None:

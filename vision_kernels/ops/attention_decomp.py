@@ -77,7 +77,9 @@ def _check_arguments(
     for position, layer in enumerate(layers):
         if not 0 <= layer < num_layers:
             check.fail(
-                "layers", f"must hold layer indices in [0, {num_layers}), got {layer} at position {position}", IndexError
+                "layers",
+                f"must hold layer indices in [0, {num_layers}), got {layer} at position {position}",
+                IndexError,
             )
     if out_dtype is not None and out_dtype not in FLOATING:
         names = ", ".join(dtype_name(d) for d in FLOATING)
@@ -137,7 +139,13 @@ def _attention_decomposition_op(
     out = _prepare(values, attn, folded, scale, offset, layers, keep, out_dtype, check_finite)  # [B, Lk, Hk, Nk, E]
     ref = _native.tensor_ref
     cpu_native().attention_decomposition_cpu(
-        ref(values), ref(attn), ref(folded), ref(scale), None if offset is None else ref(offset), list(layers), *keep,
+        ref(values),
+        ref(attn),
+        ref(folded),
+        ref(scale),
+        None if offset is None else ref(offset),
+        list(layers),
+        *keep,
         ref(out),
     )
     return out
@@ -162,8 +170,15 @@ def _launch_cuda(
     out = _prepare(values, attn, folded, scale, offset, layers, keep, out_dtype, check_finite)  # [B, Lk, Hk, Nk, E]
     ref = _native.tensor_ref
     native.attention_decomposition_cuda(  # type: ignore[attr-defined]
-        ref(values), ref(attn), ref(folded), ref(scale), None if offset is None else ref(offset), list(layers), *keep,
-        ref(out), stream,
+        ref(values),
+        ref(attn),
+        ref(folded),
+        ref(scale),
+        None if offset is None else ref(offset),
+        list(layers),
+        *keep,
+        ref(out),
+        stream,
     )
     return out
 

@@ -137,7 +137,9 @@ def materialized_decomposition(
         heads_out = (
             (heads_width - mean[:, :, None, None, None] / shares) * gamma / std[:, :, None, None, None] + beta / shares
         ) @ proj
-        mlps_out = ((mlps_width - mean[:, :, None] / intermediates) * gamma / std[:, :, None] + beta / intermediates) @ proj
+        mlps_out = (
+            (mlps_width - mean[:, :, None] / intermediates) * gamma / std[:, :, None] + beta / intermediates
+        ) @ proj
         embedding_out = ((embedding - mean / intermediates) * gamma / std + beta / intermediates) @ proj
         bias_out = torch.zeros_like(embedding_out)
     else:
