@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .towers import as_vision_tower, check_images
 
@@ -95,6 +95,38 @@ def _statistics(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return mean, (var + eps).sqrt()
 
 
+def _plain_layer_norm(norm: nn.Module, x: Tensor) -> bool:
+    """Whether ``norm(x)`` is exactly ``torch.native_layer_norm`` (torch's, open_clip's LayerNorm and LayerNormFp32
+    on inputs of the weight's dtype), which also returns the statistics."""
+    if not isinstance(norm, nn.LayerNorm) or type(norm).forward not in _PLAIN_FORWARDS:
+        return False
+    weight = norm.weight
+    return weight is not None and norm.bias is not None and weight.dtype == x.dtype == torch.float32
+
+
+def _normalize(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(norm(x), mean, sqrt(var + eps))`` of a LayerNorm over the last axis, statistics ``[B, N]``."""
+    if _plain_layer_norm(norm, x):
+        y, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return y, mean.squeeze(-1), rstd.squeeze(-1).reciprocal()
+    mean, std = _statistics(x, float(norm.eps))
+    return norm(x), mean, std
+
+
+def _plain_forwards() -> set:
+    forwards = {nn.LayerNorm.forward}
+    try:
+        from open_clip.transformer import LayerNorm, LayerNormFp32
+
+        forwards |= {LayerNorm.forward, LayerNormFp32.forward}
+    except ImportError:  # pragma: no cover - open_clip is optional
+        pass
+    return forwards
+
+
+_PLAIN_FORWARDS = _plain_forwards()
+
+
 def capture(
     model: object,
     images: Tensor,
@@ -134,15 +166,15 @@ def capture(
     for layer, block in enumerate(tower.blocks):
         if residual_tokens is not None:
             residual_tokens[:, layer] = x
-        ln_stats[0, :, layer], ln_stats[1, :, layer] = _statistics(x, block.ln_1_eps())
-        q, k, v = block.qkv(block.ln_1(x))  # [B, H, N, Dh]
-        values[:, layer] = v.transpose(1, 2).flatten(2)
+        y, ln_stats[0, :, layer], ln_stats[1, :, layer] = _normalize(block.norm_1, x)
+        q, k, v = block.qkv(y)  # [B, H, N, Dh]
+        values[:, layer].view(batch, tokens, heads, -1).copy_(v.transpose(1, 2))
         attention[:, layer] = block.class_attention(q, k)
         attended = block.project(block.attend(q, k, v))  # [B, N, W]
         attention_out[:, layer] = attended[:, 0]
         x = x + attended
-        ln_stats[2, :, layer], ln_stats[3, :, layer] = _statistics(x, block.ln_2_eps())
-        mlp, hidden = block.mlp(block.ln_2(x), keep_hidden=keep_neurons)  # [B, N, W]
+        y, ln_stats[2, :, layer], ln_stats[3, :, layer] = _normalize(block.norm_2, x)
+        mlp, hidden = block.mlp(y, keep_hidden=keep_neurons)  # [B, N, W]
         gamma = block.ls_2()
         if gamma is not None:
             mlp = mlp * gamma

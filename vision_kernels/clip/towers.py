@@ -77,15 +77,8 @@ class Block(ABC):
 
     heads: int
     head_dim: int
-
-    @abstractmethod
-    def ln_1(self, x: Tensor) -> Tensor: ...
-
-    @abstractmethod
-    def ln_1_eps(self) -> float: ...
-
-    @abstractmethod
-    def ln_2_eps(self) -> float: ...
+    norm_1: nn.Module  # ln_1, the LayerNorm before the attention
+    norm_2: nn.Module  # ln_2, the LayerNorm before the MLP
 
     @abstractmethod
     def qkv(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -131,9 +124,6 @@ class Block(ABC):
 
     def ls_2(self) -> Tensor | None:
         return None
-
-    @abstractmethod
-    def ln_2(self, x: Tensor) -> Tensor: ...
 
     @abstractmethod
     def mlp(self, y: Tensor, keep_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -232,15 +222,7 @@ class _OpenClipBlock(Block):
             self._custom = True
         self.heads = int(attention.num_heads)
         self.head_dim = int(attention.in_proj_weight.shape[1]) // self.heads
-
-    def ln_1(self, x: Tensor) -> Tensor:
-        return self.block.ln_1(x)
-
-    def ln_1_eps(self) -> float:
-        return float(self.block.ln_1.eps)
-
-    def ln_2_eps(self) -> float:
-        return float(self.block.ln_2.eps)
+        self.norm_1, self.norm_2 = block.ln_1, block.ln_2
 
     def qkv(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         attention = self.block.attn
@@ -275,9 +257,6 @@ class _OpenClipBlock(Block):
 
     def ls_2(self) -> Tensor | None:
         return _layer_scale(self.block.ls_2)
-
-    def ln_2(self, x: Tensor) -> Tensor:
-        return self.block.ln_2(x)
 
     def mlp(self, y: Tensor, keep_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
         mlp = self.block.mlp
@@ -343,15 +322,7 @@ class _HuggingFaceBlock(Block):
         self.heads = int(attention.num_heads)
         self.head_dim = int(attention.head_dim)
         self._scale = float(getattr(attention, "scale", self.head_dim**-0.5))
-
-    def ln_1(self, x: Tensor) -> Tensor:
-        return self.layer.layer_norm1(x)
-
-    def ln_1_eps(self) -> float:
-        return float(self.layer.layer_norm1.eps)
-
-    def ln_2_eps(self) -> float:
-        return float(self.layer.layer_norm2.eps)
+        self.norm_1, self.norm_2 = layer.layer_norm1, layer.layer_norm2
 
     def qkv(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         attention = self.layer.self_attn
@@ -372,9 +343,6 @@ class _HuggingFaceBlock(Block):
 
     def out_bias(self) -> Tensor | None:
         return self.layer.self_attn.out_proj.bias
-
-    def ln_2(self, x: Tensor) -> Tensor:
-        return self.layer.layer_norm2(x)
 
     def mlp(self, y: Tensor, keep_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
         mlp = self.layer.mlp
