@@ -16,6 +16,7 @@ activations and the whole residual stream.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import torch
@@ -98,7 +99,7 @@ def _statistics(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 def _plain_layer_norm(norm: nn.Module, x: Tensor) -> bool:
     """Whether ``norm(x)`` is exactly ``torch.native_layer_norm`` (torch's, open_clip's LayerNorm and LayerNormFp32
     on inputs of the weight's dtype), which also returns the statistics."""
-    if not isinstance(norm, nn.LayerNorm) or type(norm).forward not in _PLAIN_FORWARDS:
+    if not isinstance(norm, nn.LayerNorm) or type(norm).forward not in _plain_forwards():
         return False
     weight = norm.weight
     return weight is not None and norm.bias is not None and weight.dtype == x.dtype == torch.float32
@@ -113,7 +114,8 @@ def _normalize(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return norm(x), mean, std
 
 
-def _plain_forwards() -> set:
+@functools.cache
+def _plain_forwards() -> frozenset:
     forwards = {nn.LayerNorm.forward}
     try:
         from open_clip.transformer import LayerNorm, LayerNormFp32
@@ -121,10 +123,7 @@ def _plain_forwards() -> set:
         forwards |= {LayerNorm.forward, LayerNormFp32.forward}
     except ImportError:  # pragma: no cover - open_clip is optional
         pass
-    return forwards
-
-
-_PLAIN_FORWARDS = _plain_forwards()
+    return frozenset(forwards)
 
 
 def capture(

@@ -308,8 +308,9 @@ class OpenClipTower(VisionTower):
         return out[0] if isinstance(out, tuple) else out
 
     def parameters(self) -> list[Tensor]:
-        final = self.final_norm()
-        return [final.weight, final.bias, final.proj] + [p for b in self.blocks for p in b.parameters()]
+        ln = self.module.ln_post
+        final = [t for t in (ln.weight, ln.bias, self.module.proj) if t is not None]
+        return final + [p for b in self.blocks for p in b.parameters()]
 
 
 # ---------------------------------------------------------------- Hugging Face transformers
@@ -393,8 +394,10 @@ class HuggingFaceTower(VisionTower):
         return self.module(pixel_values=images).image_embeds
 
     def parameters(self) -> list[Tensor]:
-        final = self.final_norm()
-        return [final.weight, final.bias, final.proj] + [p for b in self.blocks for p in b.parameters()]
+        ln = self.vision.post_layernorm
+        projection = None if self.projection is None else self.projection.weight
+        final = [t for t in (ln.weight, ln.bias, projection) if t is not None]
+        return final + [p for b in self.blocks for p in b.parameters()]
 
 
 # ---------------------------------------------------------------- dispatch

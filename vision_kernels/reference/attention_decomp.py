@@ -95,7 +95,7 @@ def materialized_decomposition(
         per_row = torch.einsum("bnmhc,dhc->bnmhd", per_row, out_weight)  # [B, N, N, H, W]
         gamma1 = block.ls_1.gamma if hasattr(block.ls_1, "gamma") else None
         gamma2 = block.ls_2.gamma if hasattr(block.ls_2, "gamma") else None
-        terms = per_row[:, 0]  # [B, N, H, W]: the class-token row
+        terms = per_row[:, 0].clone()  # [B, N, H, W]: the class-token row (copied, as the original's .cpu() on GPU)
         bias = attention.out_proj.bias
         if gamma1 is not None:
             terms = terms * gamma1
