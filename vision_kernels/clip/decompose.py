@@ -309,7 +309,9 @@ def decompose(
     """Decompose the image embedding of a CLIP ViT into per-(layer, head[, token]) terms, MLP, embedding and bias terms.
 
     ``model.encode_image(images) == decomposition.total()`` up to float rounding (1e-5 relative in
-    float32), for either convention, with or without ``normalize``.
+    float32), for either convention, with or without ``normalize``. The forward pass is recomputed
+    from the model's weights with inference semantics (no dropout or patch dropout, whatever
+    ``model.training`` says).
 
     Args:
         model: open_clip CLIP model / ``VisionTransformer`` with class-token pooling, or a
