@@ -40,7 +40,7 @@ def _decomposition_case(per_token: bool, quick: bool) -> Contenders:
     from vision_kernels.reference.attention_decomp import materialized_decomposition
 
     model = _model()
-    images = _images(2 if quick else 8)
+    images = _images(1 if quick else 8)
 
     def ours() -> torch.Tensor:
         return decompose(model, images, per_token=per_token, keep_capture=False).heads
@@ -65,12 +65,12 @@ def _decomposition_case(per_token: bool, quick: bool) -> Contenders:
     )
 
 
-@case("clip", "decompose ViT-B-32 224px batch 8, summed over tokens (quick: batch 2)", repeats=3)
+@case("clip", "decompose ViT-B-32 224px batch 8, summed over tokens (quick: batch 1)", repeats=3)
 def decompose_summed(quick: bool) -> Contenders:
     return _decomposition_case(per_token=False, quick=quick)
 
 
-@case("clip", "decompose ViT-B-32 224px batch 8, per token [B, L, H, N, E] (quick: batch 2)", repeats=3)
+@case("clip", "decompose ViT-B-32 224px batch 8, per token [B, L, H, N, E] (quick: batch 1)", repeats=3)
 def decompose_per_token(quick: bool) -> Contenders:
     return _decomposition_case(per_token=True, quick=quick)
 
