@@ -127,6 +127,10 @@ def test_strided_and_broadcast_inputs(kernel) -> None:
     assert not values.is_contiguous() and folded.stride(-1) != 1
     for keep in KEEPS:
         assert_parity(kernel, (values, attn, folded, scale, offset), keep=keep)
+    rows = torch.randn(nl, h, d, e + 5)[..., :e]  # unit stride along E, padded rows: read in place
+    assert rows.stride(-1) == 1 and rows.stride(-2) == e + 5
+    for keep in [(True, True, True), (False, False, False)]:
+        assert_parity(kernel, (values, attn, rows, scale, offset), keep=keep)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
