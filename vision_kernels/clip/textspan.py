@@ -23,7 +23,8 @@ Both select the same texts (tested); the covariance form is the one to use at sc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -106,7 +107,9 @@ def _check(contributions: object, text_embeddings: object, texts: Sequence[str] 
         )
     if num_texts < 1:
         raise ValueError(f"{FUNCTION}: argument 'num_texts' must be >= 1, got {num_texts}")
-    if not bool(torch.isfinite(contributions).all()) or not bool(torch.isfinite(text_embeddings).all()):
+    # One float64 sum per input: NaN and Inf propagate to it (finite float32/16 values cannot overflow it).
+    finite = [bool(torch.isfinite(t.sum(dtype=torch.float64))) for t in (contributions, text_embeddings)]
+    if not all(finite):
         raise ValueError(f"{FUNCTION}: arguments 'contributions' and 'text_embeddings' must be finite (no NaN or Inf)")
 
 
@@ -117,7 +120,15 @@ def _covariance_form(
     count = data.shape[0]
     mean = data.mean(0)  # [E]
     gram = data.T @ data  # [E, E], the only pass over the images
-    values, vectors = _eigh(gram)  # ascending eigenvalues = squared singular values
+    with _single_thread(data.device):
+        return _covariance_steps(gram, mean, count, bank, num_texts, rank, rank_rtol, tolerance)
+
+
+def _covariance_steps(
+    gram: Tensor, mean: Tensor, count: int, bank: Tensor, num_texts: int, rank: int, rank_rtol: float, tolerance: float
+) -> tuple[list[int], Tensor, Tensor, Tensor, Tensor, int]:
+    """The greedy steps of the covariance form, from the Gram matrix and the mean of the data."""
+    values, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues = squared singular values
     rank = min(rank, int((values > (rank_rtol**2) * values[-1].clamp_min(0)).sum()))
     basis_rows = vectors[:, values.shape[0] - rank :].flip(-1).T  # [r, E]: top-r right singular vectors
     covariance = (gram - count * torch.outer(mean, mean)) / (count - 1)  # [E, E] centred
@@ -142,7 +153,7 @@ def _covariance_form(
         variances.append(variance[best] / norm2)
         chosen.append(c @ basis_rows)
         explained.append((kept - span.trace()) / total)
-    return indices, _stack(explained, data), _stack_rows(chosen, data), mean, _stack(variances, data), rank
+    return indices, _stack(explained, gram), _stack_rows(chosen, gram), mean, _stack(variances, gram), rank
 
 
 def _direct_form(
@@ -175,15 +186,18 @@ def _direct_form(
     return indices, _stack(explained, data), _stack_rows(chosen, data), mean, _stack(variances, data), rank
 
 
-def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
-    """``torch.linalg.eigh`` on one thread: LAPACK's threaded tridiagonalization of an E x E
-    matrix (E ~ 512-1024) is many times slower than its single-threaded run on busy cores."""
+@contextlib.contextmanager
+def _single_thread(device: torch.device) -> Iterator[None]:
+    """Run small CPU work on one thread: LAPACK's threaded eigh of an E x E matrix (E ~ 512-1024) and
+    the per-step [M, r] updates are latency-bound, and on busy cores every parallel region waits
+    for a second thread to be scheduled (several times slower than one thread)."""
     threads = torch.get_num_threads()
-    if matrix.device.type != "cpu" or threads == 1:
-        return torch.linalg.eigh(matrix)
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
     torch.set_num_threads(1)
     try:
-        return torch.linalg.eigh(matrix)
+        yield
     finally:
         torch.set_num_threads(threads)
 
