@@ -6,6 +6,7 @@ checks that name the bad argument, and a plain-PyTorch twin in ``vision_kernels.
 Public functions accept torch tensors, and numpy (CPU) or cupy (GPU) arrays through DLPack.
 """
 
+from .attention_decomp import attention_decomposition
 from .distance import sq_l2_distance
 
-__all__ = ["sq_l2_distance"]
+__all__ = ["attention_decomposition", "sq_l2_distance"]
