@@ -29,7 +29,9 @@ struct TensorRef {
     return n;
   }
   bool on_cpu() const { return device == kCpuDevice; }
+  // Row-major contiguous; an empty tensor counts as contiguous whatever its strides (as in torch).
   bool is_contiguous() const {
+    if (numel() == 0) return true;
     index_t expected = 1;
     for (int d = ndim - 1; d >= 0; --d) {
       if (sizes[d] != 1 && strides[d] != expected) return false;
