@@ -6,6 +6,8 @@ checks that name the bad argument, and a plain-PyTorch twin in ``vision_kernels.
 Public functions accept torch tensors, and numpy (CPU) or cupy (GPU) arrays through DLPack.
 """
 
+from .cc_conv import cc_conv2d
+from .cc_conv_grid import cc_conv2d_grid
 from .distance import sq_l2_distance
 
-__all__ = ["sq_l2_distance"]
+__all__ = ["cc_conv2d", "cc_conv2d_grid", "sq_l2_distance"]
