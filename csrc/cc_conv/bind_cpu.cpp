@@ -9,7 +9,7 @@ namespace py = pybind11;
 
 VK_REGISTER_BINDINGS(cc_conv_cpu) {
   module.def("cc_conv_gather_gemm_cpu", &vk::cc_conv::gather_gemm_cpu, py::arg("input"), py::arg("weight"),
-             py::arg("bias"), py::arg("row_taps"), py::arg("row_group"), py::arg("row_order"), py::arg("row_offsets"),
+             py::arg("bias"), py::arg("row_pairs"), py::arg("col_pairs"), py::arg("row_taps"), py::arg("row_group"), py::arg("row_order"), py::arg("row_offsets"),
              py::arg("col_taps"), py::arg("col_group"), py::arg("col_order"), py::arg("col_offsets"), py::arg("out"),
              py::call_guard<py::gil_scoped_release>(),
              "out[b, o, i, j] = bias[o] + sum_{c,t,u} weight[gy(i), gx(j), o, c, t, u] * input[b, c, ty(i,t), tx(j,u)] "

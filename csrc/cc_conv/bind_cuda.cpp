@@ -8,7 +8,7 @@ namespace py = pybind11;
 
 VK_REGISTER_BINDINGS(cc_conv_cuda) {
   module.def("cc_conv_gather_gemm_cuda", &vk::cc_conv::gather_gemm_cuda, py::arg("input"), py::arg("weight"),
-             py::arg("bias"), py::arg("row_taps"), py::arg("row_group"), py::arg("row_order"), py::arg("row_offsets"),
+             py::arg("bias"), py::arg("row_pairs"), py::arg("col_pairs"), py::arg("row_taps"), py::arg("row_group"), py::arg("row_order"), py::arg("row_offsets"),
              py::arg("col_taps"), py::arg("col_group"), py::arg("col_order"), py::arg("col_offsets"), py::arg("out"),
              py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
              "CUDA twin of cc_conv_gather_gemm_cpu, enqueued on `stream` (see vision_kernels.ops.cc_conv2d).");

@@ -12,7 +12,10 @@
 //
 //   out[b, o, i, j] = bias[o] + sum_{c, t, u} w[gy(i), gx(j), o, c, t, u] * in[b, c, ty(i, t), tx(j, u)]
 //
-// where a tap index of -1 reads zero. For a fixed (gy, gx) the output pixels {i : gy(i) = gy} x
+// where a tap index of -1 reads zero. w is either the weight tensor [Gy, Gx, O, C, Ty, Tx] itself, or
+// (input gradient) the forward weight [Py, Px, C, O, Kh, Kw] read through the transposed groups'
+// (phase, tap) pairs: w[gy, gx, o, c, t, u] = weight[py, px, c, o, ky, kx] with (py, ky) = pairs_y[gy, t]
+// and (px, kx) = pairs_x[gx, u], zero for a (-1, -1) padding pair (see WeightSource). For a fixed (gy, gx) the output pixels {i : gy(i) = gy} x
 // {j : gx(j) = gx} share one weight matrix [O, C * T * U], so the sum is a GEMM whose right-hand
 // side (the im2col columns) is gathered on the fly from the input: no im2col buffer is stored.
 //
@@ -52,6 +55,62 @@ inline AxisPlan make_plan(const TensorRef& taps, const TensorRef& group, const T
                           const TensorRef& offsets) {
   return AxisPlan{make_view<const std::int64_t, 2>(taps), make_view<const std::int64_t, 1>(group),
                   make_view<const std::int64_t, 1>(order), make_view<const std::int64_t, 1>(offsets)};
+}
+
+// Where gather_gemm reads its weights w[gy, gx, o, c, t, u] (any strides).
+template <typename T>
+struct WeightSource {
+  const T* data;
+  index_t stride_y, stride_x, stride_o, stride_c, stride_t, stride_u;
+  View<const std::int64_t, 3> pairs_y, pairs_x;  // [Gy, Ty, 2], [Gx, Tx, 2]; unused when !transposed
+  index_t phases_y, phases_x, support_y, support_x;
+  bool transposed;
+
+  // Element offset of w[gy, gx, 0, 0, t, u], or -1 when that tap is a padding pair (on the device, also
+  // for any out-of-range pair entry).
+  VK_HOST_DEVICE index_t tap_base(index_t gy, index_t gx, index_t t, index_t u) const {
+    index_t py = gy, px = gx, ky = t, kx = u;
+    if (transposed) {
+      py = pairs_y(gy, t, 0);
+      ky = pairs_y(gy, t, 1);
+      px = pairs_x(gx, u, 0);
+      kx = pairs_x(gx, u, 1);
+      if (py < 0 || py >= phases_y || ky < 0 || ky >= support_y || px < 0 || px >= phases_x || kx < 0 ||
+          kx >= support_x)
+        return -1;
+    }
+    return py * stride_y + px * stride_x + ky * stride_t + kx * stride_u;
+  }
+  VK_HOST_DEVICE acc_t<T> load(index_t base, index_t o, index_t c) const {
+    return base < 0 ? acc_t<T>(0) : Scalar<T>::load(data[base + o * stride_o + c * stride_c]);
+  }
+  VK_HOST_DEVICE acc_t<T> at(index_t gy, index_t gx, index_t o, index_t c, index_t t, index_t u) const {
+    return load(tap_base(gy, gx, t, u), o, c);
+  }
+};
+
+// Plain weights [Gy, Gx, O, C, Ty, Tx] when the pairs are empty, else the forward weight
+// [Py, Px, C, O, Kh, Kw] through the pairs (kernel output channel o = forward input channel).
+template <typename T>
+WeightSource<T> make_weight_source(const TensorRef& weight, const TensorRef& pairs_y, const TensorRef& pairs_x) {
+  WeightSource<T> source{};
+  source.data = static_cast<const T*>(weight.data);
+  source.transposed = pairs_y.numel() > 0;
+  source.stride_y = weight.strides[0];
+  source.stride_x = weight.strides[1];
+  source.stride_o = source.transposed ? weight.strides[3] : weight.strides[2];
+  source.stride_c = source.transposed ? weight.strides[2] : weight.strides[3];
+  source.stride_t = weight.strides[4];
+  source.stride_u = weight.strides[5];
+  source.phases_y = weight.sizes[0];
+  source.phases_x = weight.sizes[1];
+  source.support_y = weight.sizes[4];
+  source.support_x = weight.sizes[5];
+  if (source.transposed) {
+    source.pairs_y = make_view<const std::int64_t, 3>(pairs_y);
+    source.pairs_x = make_view<const std::int64_t, 3>(pairs_x);
+  }
+  return source;
 }
 
 // Split of the reduction index k = (c * T + t) * U + u.
@@ -127,26 +186,61 @@ inline void validate_plan_values(const ArgCheck& check, const char* axis, const 
   }
 }
 
+// The plans must cover the output's spatial size.
+inline void check_plans_cover(const ArgCheck& check, const AxisPlan& rows, const AxisPlan& cols, index_t out_h,
+                              index_t out_w) {
+  VK_CHECK(rows.outputs() == out_h && cols.outputs() == out_w, ErrorKind::Value, check.function(),
+           ": arguments 'rows'/'cols' plans cover ", rows.outputs(), " x ", cols.outputs(), " outputs, expected ",
+           out_h, " x ", out_w);
+}
+
+// A weight-shaped tensor must have the plans' groups and taps; `first` is the dimension of its Gy
+// (0, or 1 for the CUDA weight-gradient partial sums).
+inline void check_plans_match_weight(const ArgCheck& check, const char* weight_name, const TensorRef& weight, int first,
+                                     const AxisPlan& rows, const AxisPlan& cols) {
+  VK_CHECK(weight.sizes[first] == rows.groups() && weight.sizes[first + 1] == cols.groups(), ErrorKind::Value,
+           check.function(), ": argument '", weight_name, "' must have ", rows.groups(), " x ", cols.groups(),
+           " groups (phases) in dimensions ", first, " and ", first + 1, ", got shape ", weight.shape_string());
+  VK_CHECK(weight.sizes[first + 4] == rows.taps_per_output() && weight.sizes[first + 5] == cols.taps_per_output(),
+           ErrorKind::Value, check.function(), ": argument '", weight_name, "' must have ", rows.taps_per_output(),
+           " x ", cols.taps_per_output(), " taps in dimensions ", first + 4, " and ", first + 5, ", got shape ",
+           weight.shape_string());
+}
+
 // Checks shared by the CPU and CUDA entry points of gather_gemm.
-//   input [B, C, H, W]; weight [Gy, Gx, O, C, Ty, Tx] contiguous; bias [O] or empty; out [B, O, Hout, Wout].
+//   input [B, C, H, W]; bias [O] or empty; out [B, O, Hout, Wout] contiguous;
+//   weight [Gy, Gx, O, C, Ty, Tx] with empty pairs, or [Py, Px, C, O, Kh, Kw] with pairs [G, T, 2].
 inline void check_gather_gemm_arguments(const ArgCheck& check, const TensorRef& input, const TensorRef& weight,
-                                        const TensorRef& bias, const TensorRef& out, int device) {
+                                        const TensorRef& bias, const TensorRef& pairs_y, const TensorRef& pairs_x,
+                                        const TensorRef& out, int device) {
+  const bool transposed = pairs_y.numel() > 0 || pairs_x.numel() > 0;
   check.rank(input, "input", 4, "[B, C, H, W]");
-  check.rank(weight, "weight", 6, "[Gy, Gx, O, C, Ty, Tx]");
+  check.rank(weight, "weight", 6, transposed ? "[Py, Px, C, O, Kh, Kw]" : "[Gy, Gx, O, C, Ty, Tx]");
   check.rank(out, "out", 4, "[B, O, Hout, Wout]");
   check.floating(input, "input");
   check.same_dtype(input, "input", weight, "weight");
   check.same_dtype(input, "input", out, "out");
-  check.size(weight, "weight", 3, input.sizes[1], "C, the channels of input");
+  check.size(weight, "weight", transposed ? 2 : 3, input.sizes[1], "C, the channels of input");
   check.size(out, "out", 0, input.sizes[0], "B");
-  check.size(out, "out", 1, weight.sizes[2], "O, the output channels of weight");
-  check.contiguous(weight, "weight");
+  check.size(out, "out", 1, weight.sizes[transposed ? 3 : 2], "O, the output channels of weight");
   check.contiguous(out, "out");
   if (bias.numel() > 0 || bias.ndim != 1) {
     check.rank(bias, "bias", 1, "[O]");
     check.same_dtype(input, "input", bias, "bias");
-    check.size(bias, "bias", 0, weight.sizes[2], "O");
+    check.size(bias, "bias", 0, out.sizes[1], "O");
     check.on_device(bias, "bias", device);
+  }
+  if (transposed) {
+    check.rank(pairs_y, "row_pairs", 3, "[Gy, Ty, 2]");
+    check.rank(pairs_x, "col_pairs", 3, "[Gx, Tx, 2]");
+    check.dtype(pairs_y, "row_pairs", {DType::Int64});
+    check.dtype(pairs_x, "col_pairs", {DType::Int64});
+    check.size(pairs_y, "row_pairs", 2, 2, "(phase, tap)");
+    check.size(pairs_x, "col_pairs", 2, 2, "(phase, tap)");
+    check.on_device(pairs_y, "row_pairs", device);
+    check.on_device(pairs_x, "col_pairs", device);
+    check.not_null(pairs_y, "row_pairs");
+    check.not_null(pairs_x, "col_pairs");
   }
   check.on_device(input, "input", device);
   check.on_device(weight, "weight", device);
@@ -156,20 +250,33 @@ inline void check_gather_gemm_arguments(const ArgCheck& check, const TensorRef& 
   check.not_null(out, "out");
 }
 
-// The plans must match the output's spatial size and the weight's groups and taps; `first` is the
-// dimension of the weight's Gy (0, or 1 for the CUDA weight-gradient workspace with partial sums first).
-inline void check_plans_match(const ArgCheck& check, const char* weight_name, const TensorRef& weight, int first,
-                              const AxisPlan& rows, const AxisPlan& cols, index_t out_h, index_t out_w) {
-  VK_CHECK(rows.outputs() == out_h && cols.outputs() == out_w, ErrorKind::Value, check.function(),
-           ": arguments 'rows'/'cols' plans cover ", rows.outputs(), " x ", cols.outputs(), " outputs, expected ",
-           out_h, " x ", out_w);
-  VK_CHECK(weight.sizes[first] == rows.groups() && weight.sizes[first + 1] == cols.groups(), ErrorKind::Value,
-           check.function(), ": argument '", weight_name, "' must have ", rows.groups(), " x ", cols.groups(),
-           " groups (phases) in dimensions ", first, " and ", first + 1, ", got shape ", weight.shape_string());
-  VK_CHECK(weight.sizes[first + 4] == rows.taps_per_output() && weight.sizes[first + 5] == cols.taps_per_output(),
-           ErrorKind::Value, check.function(), ": argument '", weight_name, "' must have ", rows.taps_per_output(),
-           " x ", cols.taps_per_output(), " taps in dimensions ", first + 4, " and ", first + 5, ", got shape ",
-           weight.shape_string());
+// The weight (or, transposed, the pairs tables) must match the plans' groups and taps.
+inline void check_weight_matches(const ArgCheck& check, const TensorRef& weight, const TensorRef& pairs_y,
+                                 const TensorRef& pairs_x, const AxisPlan& rows, const AxisPlan& cols) {
+  if (pairs_y.numel() == 0) {
+    check_plans_match_weight(check, "weight", weight, 0, rows, cols);
+    return;
+  }
+  VK_CHECK(pairs_y.sizes[0] == rows.groups() && pairs_y.sizes[1] == rows.taps_per_output() &&
+               pairs_x.sizes[0] == cols.groups() && pairs_x.sizes[1] == cols.taps_per_output(),
+           ErrorKind::Value, check.function(), ": arguments 'row_pairs'/'col_pairs' must have shapes [",
+           rows.groups(), ", ", rows.taps_per_output(), ", 2] and [", cols.groups(), ", ", cols.taps_per_output(),
+           ", 2], got ", pairs_y.shape_string(), " and ", pairs_x.shape_string());
+}
+
+// Host-side validation of the pairs tables: (phase, tap) within the forward weight's phases and support,
+// or (-1, -1).
+inline void validate_pairs(const ArgCheck& check, const char* name, const TensorRef& pairs, index_t phases,
+                           index_t support) {
+  const auto view = make_view<const std::int64_t, 3>(pairs);
+  for (index_t g = 0; g < pairs.sizes[0]; ++g)
+    for (index_t t = 0; t < pairs.sizes[1]; ++t) {
+      const index_t p = view(g, t, 0), k = view(g, t, 1);
+      const bool padding = p == -1 && k == -1;
+      VK_CHECK(padding || (p >= 0 && p < phases && k >= 0 && k < support), ErrorKind::Value, check.function(),
+               ": argument '", name, "' entry [", g, ", ", t, "] = (", p, ", ", k, ") is outside [0, ", phases,
+               ") x [0, ", support, ") and not (-1, -1)");
+    }
 }
 
 // Checks shared by the CPU and CUDA entry points of weight_grad.

@@ -3,8 +3,9 @@
 // gather_gemm: a 16 x 16 thread block computes 64 output channels x 64 output pixels, 4 x 4 per
 // thread. The 64 pixels are an 8 x 8 tile of one group pair (8 output rows of row group gy times 8
 // output columns of column group gx), so the whole tile uses one weight matrix. Slices of 16
-// reduction indices are staged in shared memory: the weights as loaded, the im2col values gathered
-// from the input through the plans' tap tables (padding taps read zero).
+// reduction indices are staged in shared memory: the weights read through WeightSource (directly, or
+// for the input gradient the forward weight through the (phase, tap) pairs), the im2col values
+// gathered from the input through the plans' tap tables (padding taps read zero).
 //
 // weight_grad: a block computes 64 output channels x 64 reduction indices of one group pair,
 // reducing over one of S consecutive ranges of the group's (batch, pixel) pairs, 16 at a time, and
@@ -55,8 +56,8 @@ index_t tile_bound(const AxisPlan& plan) { return plan.outputs() / kSide + plan.
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads * kThreads)
-    gather_gemm_kernel(View<const T, 4> in, const T* weight, const T* bias, index_t bias_stride, AxisPlan rows,
-                       AxisPlan cols, View<T, 4> out, index_t o_tiles, index_t batch_offset) {
+    gather_gemm_kernel(View<const T, 4> in, WeightSource<T> weight, const T* bias, index_t bias_stride,
+                       AxisPlan rows, AxisPlan cols, View<T, 4> out, index_t o_tiles, index_t batch_offset) {
   using A = acc_t<T>;
   __shared__ A w_slice[kDepth][kTile + 1];  // [k][output channel]
   __shared__ A x_slice[kDepth][kTile];      // [k][pixel]
@@ -84,7 +85,6 @@ __global__ void __launch_bounds__(kThreads * kThreads)
   __syncthreads();
   const index_t gy = tile_group[0], gx = tile_group[1];
   if (gy < 0 || gx < 0) return;  // past the last tile (block-uniform)
-  const T* w = weight + (gy * cols.groups() + gx) * out_channels * depth;
 
   A acc[kPerThread][kPerThread];
   VK_CC_UNROLL for (int a = 0; a < kPerThread; ++a)
@@ -93,8 +93,12 @@ __global__ void __launch_bounds__(kThreads * kThreads)
   for (index_t k0 = 0; k0 < depth; k0 += kDepth) {
     for (int e = thread; e < kTile * kDepth; e += kThreads * kThreads) {
       const int o = e / kDepth, kw = e % kDepth;
-      const bool w_live = o0 + o < out_channels && k0 + kw < depth;
-      w_slice[kw][o] = w_live ? Scalar<T>::load(w[(o0 + o) * depth + k0 + kw]) : A(0);
+      A w_value = A(0);
+      if (o0 + o < out_channels && k0 + kw < depth) {
+        const Tap tap = split_reduction(k0 + kw, taps_y, taps_x);
+        w_value = weight.at(gy, gx, o0 + o, tap.channel, tap.t, tap.u);
+      }
+      w_slice[kw][o] = w_value;
       const int k = e / kTile, p = e % kTile;
       const index_t i = pixel_i[p / kSide], j = pixel_j[p % kSide];
       A value = A(0);
@@ -191,8 +195,8 @@ __global__ void __launch_bounds__(kThreads * kThreads)
 }
 
 template <typename T>
-void launch_gather_gemm(const TensorRef& input, const TensorRef& weight, const TensorRef& bias, const AxisPlan& rows,
-                        const AxisPlan& cols, const TensorRef& out, cudaStream_t stream) {
+void launch_gather_gemm(const TensorRef& input, const WeightSource<T>& weight, const TensorRef& bias,
+                        const AxisPlan& rows, const AxisPlan& cols, const TensorRef& out, cudaStream_t stream) {
   const index_t batch = input.sizes[0], out_channels = out.sizes[1];
   if (batch == 0 || out_channels == 0 || out.sizes[2] == 0 || out.sizes[3] == 0) return;
   const index_t row_tiles = tile_bound(rows), col_tiles = tile_bound(cols);
@@ -209,8 +213,8 @@ void launch_gather_gemm(const TensorRef& input, const TensorRef& weight, const T
     const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles),
                     static_cast<unsigned>(count * o_tiles));
     const dim3 block(kThreads, kThreads);
-    VK_LAUNCH(kernel, grid, block, 0, stream, make_view<const T, 4>(input), static_cast<const T*>(weight.data),
-              bias_data, bias_stride, rows, cols, make_view<T, 4>(out), o_tiles, first);
+    VK_LAUNCH(kernel, grid, block, 0, stream, make_view<const T, 4>(input), weight, bias_data, bias_stride, rows, cols,
+              make_view<T, 4>(out), o_tiles, first);
   }
 }
 
@@ -235,19 +239,21 @@ void launch_weight_grad(const TensorRef& grad, const TensorRef& input, const Axi
 }  // namespace
 
 void gather_gemm_cuda(const TensorRef& input, const TensorRef& weight, const TensorRef& bias,
-                      const TensorRef& row_taps, const TensorRef& row_group, const TensorRef& row_order,
-                      const TensorRef& row_offsets, const TensorRef& col_taps, const TensorRef& col_group,
-                      const TensorRef& col_order, const TensorRef& col_offsets, const TensorRef& out,
-                      std::uintptr_t stream) {
+                      const TensorRef& row_pairs, const TensorRef& col_pairs, const TensorRef& row_taps,
+                      const TensorRef& row_group, const TensorRef& row_order, const TensorRef& row_offsets,
+                      const TensorRef& col_taps, const TensorRef& col_group, const TensorRef& col_order,
+                      const TensorRef& col_offsets, const TensorRef& out, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.cc_conv2d");
-  check_gather_gemm_arguments(check, input, weight, bias, out, input.device);
+  check_gather_gemm_arguments(check, input, weight, bias, row_pairs, col_pairs, out, input.device);
   check_plan(check, "row", row_taps, row_group, row_order, row_offsets, out.sizes[2], input.device);
   check_plan(check, "col", col_taps, col_group, col_order, col_offsets, out.sizes[3], input.device);
   const AxisPlan rows = make_plan(row_taps, row_group, row_order, row_offsets);
   const AxisPlan cols = make_plan(col_taps, col_group, col_order, col_offsets);
-  check_plans_match(check, "weight", weight, 0, rows, cols, out.sizes[2], out.sizes[3]);
+  check_plans_cover(check, rows, cols, out.sizes[2], out.sizes[3]);
+  check_weight_matches(check, weight, row_pairs, col_pairs, rows, cols);
   VK_DISPATCH_FLOATING(input.dtype, check.function(), [&] {
-    launch_gather_gemm<scalar_t>(input, weight, bias, rows, cols, out, as_stream(stream));
+    launch_gather_gemm<scalar_t>(input, make_weight_source<scalar_t>(weight, row_pairs, col_pairs), bias, rows, cols,
+                                 out, as_stream(stream));
   });
   check_launch(check.function().c_str());
 }
@@ -262,7 +268,8 @@ void weight_grad_cuda(const TensorRef& grad, const TensorRef& input, const Tenso
   check_plan(check, "col", col_taps, col_group, col_order, col_offsets, grad.sizes[3], input.device);
   const AxisPlan rows = make_plan(row_taps, row_group, row_order, row_offsets);
   const AxisPlan cols = make_plan(col_taps, col_group, col_order, col_offsets);
-  check_plans_match(check, "partial", partial, 1, rows, cols, grad.sizes[2], grad.sizes[3]);
+  check_plans_cover(check, rows, cols, grad.sizes[2], grad.sizes[3]);
+  check_plans_match_weight(check, "partial", partial, 1, rows, cols);
   VK_DISPATCH_FLOATING(input.dtype, check.function(),
                        [&] { launch_weight_grad<scalar_t>(grad, input, rows, cols, partial, as_stream(stream)); });
   check_launch(check.function().c_str());

@@ -10,7 +10,7 @@ namespace vk::cc_conv {
 // values are not validated here (every tap read is bounds-checked, so bad tables give wrong values,
 // never out-of-bounds accesses).
 void gather_gemm_cuda(const TensorRef& input, const TensorRef& weight, const TensorRef& bias,
-                      const TensorRef& row_taps, const TensorRef& row_group, const TensorRef& row_order,
+                      const TensorRef& row_pairs, const TensorRef& col_pairs, const TensorRef& row_taps, const TensorRef& row_group, const TensorRef& row_order,
                       const TensorRef& row_offsets, const TensorRef& col_taps, const TensorRef& col_group,
                       const TensorRef& col_order, const TensorRef& col_offsets, const TensorRef& out,
                       std::uintptr_t stream);

@@ -31,6 +31,25 @@ void micro_generic(const A* a, const A* b, index_t depth, A* c, index_t ldc, boo
     for (index_t n = 0; n < NR; ++n) c[m * ldc + n] = accumulate ? c[m * ldc + n] + acc[m][n] : acc[m][n];
 }
 
+template <typename A>
+void dot_generic(const A* g, index_t ldg, const A* x, index_t ldx, index_t length, A* c, index_t ldc) {
+  for (index_t o = 0; o < DO; ++o)
+    for (index_t k = 0; k < DK; ++k) {
+      A sum = 0;
+      for (index_t p = 0; p < length; ++p) sum += g[o * ldg + p] * x[k * ldx + p];
+      c[o * ldc + k] += sum;
+    }
+}
+
+VK_CPU_MULTIVERSION void dot_generic_f32(const float* g, index_t ldg, const float* x, index_t ldx, index_t length,
+                                         float* c, index_t ldc) {
+  dot_generic(g, ldg, x, ldx, length, c, ldc);
+}
+VK_CPU_MULTIVERSION void dot_generic_f64(const double* g, index_t ldg, const double* x, index_t ldx, index_t length,
+                                         double* c, index_t ldc) {
+  dot_generic(g, ldg, x, ldx, length, c, ldc);
+}
+
 VK_CPU_MULTIVERSION void micro_generic_f32(const float* a, const float* b, index_t depth, float* c, index_t ldc,
                                            bool accumulate) {
   micro_generic(a, b, depth, c, ldc, accumulate);
@@ -103,6 +122,34 @@ __attribute__((target("avx512f"))) void micro_avx512(const double* a, const doub
   }
 }
 
+// The AVX-512 dot tile: 4 x 6 vector accumulators over p, reduced across lanes at the end.
+#define VK_CC_DOT_TILE(V, LANES, LOAD, FMA, ZERO, REDUCE)                        \
+  V acc[DO][DK];                                                                 \
+  _Pragma("GCC unroll 4") for (int o = 0; o < DO; ++o)                           \
+      _Pragma("GCC unroll 6") for (int k = 0; k < DK; ++k) acc[o][k] = ZERO();   \
+  for (index_t p = 0; p < length; p += LANES) {                                  \
+    V gv[DO];                                                                    \
+    _Pragma("GCC unroll 4") for (int o = 0; o < DO; ++o) gv[o] = LOAD(g + o * ldg + p); \
+    _Pragma("GCC unroll 6") for (int k = 0; k < DK; ++k) {                       \
+      const V xv = LOAD(x + k * ldx + p);                                        \
+      _Pragma("GCC unroll 4") for (int o = 0; o < DO; ++o) acc[o][k] = FMA(gv[o], xv, acc[o][k]); \
+    }                                                                            \
+  }                                                                              \
+  _Pragma("GCC unroll 4") for (int o = 0; o < DO; ++o)                           \
+      _Pragma("GCC unroll 6") for (int k = 0; k < DK; ++k) c[o * ldc + k] += REDUCE(acc[o][k])
+
+__attribute__((target("avx512f"))) void dot_avx512(const float* g, index_t ldg, const float* x, index_t ldx,
+                                                   index_t length, float* c, index_t ldc) {
+  VK_CC_DOT_TILE(__m512, 16, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_setzero_ps, _mm512_reduce_add_ps);
+}
+
+__attribute__((target("avx512f"))) void dot_avx512(const double* g, index_t ldg, const double* x, index_t ldx,
+                                                   index_t length, double* c, index_t ldc) {
+  VK_CC_DOT_TILE(__m512d, 8, _mm512_loadu_pd, _mm512_fmadd_pd, _mm512_setzero_pd, _mm512_reduce_add_pd);
+}
+
+#undef VK_CC_DOT_TILE
+
 bool has_avx512() {
   static const bool supported = __builtin_cpu_supports("avx512f");
   return supported && !force_generic().load(std::memory_order_relaxed);
@@ -128,6 +175,20 @@ void micro_kernel(const double* a, const double* b, index_t depth, double* c, in
   if (has_avx512()) return micro_avx512(a, b, depth, c, ldc, accumulate);
 #endif
   micro_generic_f64(a, b, depth, c, ldc, accumulate);
+}
+
+void dot_kernel(const float* g, index_t ldg, const float* x, index_t ldx, index_t length, float* c, index_t ldc) {
+#ifdef VK_CC_CONV_AVX512
+  if (has_avx512()) return dot_avx512(g, ldg, x, ldx, length, c, ldc);
+#endif
+  dot_generic_f32(g, ldg, x, ldx, length, c, ldc);
+}
+
+void dot_kernel(const double* g, index_t ldg, const double* x, index_t ldx, index_t length, double* c, index_t ldc) {
+#ifdef VK_CC_CONV_AVX512
+  if (has_avx512()) return dot_avx512(g, ldg, x, ldx, length, c, ldc);
+#endif
+  dot_generic_f64(g, ldg, x, ldx, length, c, ldc);
 }
 
 const char* micro_kernel_isa() { return has_avx512() ? "avx512" : "generic"; }

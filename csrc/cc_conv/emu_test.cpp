@@ -77,13 +77,39 @@ void compare(const char* name, index_t batch, index_t channels, index_t out_chan
   auto bias = HostArray<T>::uniform({out_channels}, dtype, -1.f, 1.f, convert);
   auto want = HostArray<T>::zeros({batch, out_channels, out_h, out_w}, dtype);
   auto got = HostArray<T>::zeros({batch, out_channels, out_h, out_w}, dtype);
-  vk::cc_conv::gather_gemm_cpu(input.ref, weight.ref, bias.ref, rows.taps.ref, rows.group.ref, rows.order.ref,
-                               rows.offsets.ref, cols.taps.ref, cols.group.ref, cols.order.ref, cols.offsets.ref,
-                               want.ref);
-  vk::cc_conv::gather_gemm_cuda(input.ref, weight.ref, bias.ref, rows.taps.ref, rows.group.ref, rows.order.ref,
-                                rows.offsets.ref, cols.taps.ref, cols.group.ref, cols.order.ref, cols.offsets.ref,
-                                got.ref, 0);
+  const auto no_pairs = HostArray<std::int64_t>::zeros({0}, DType::Int64);
+  vk::cc_conv::gather_gemm_cpu(input.ref, weight.ref, bias.ref, no_pairs.ref, no_pairs.ref, rows.taps.ref,
+                               rows.group.ref, rows.order.ref, rows.offsets.ref, cols.taps.ref, cols.group.ref,
+                               cols.order.ref, cols.offsets.ref, want.ref);
+  vk::cc_conv::gather_gemm_cuda(input.ref, weight.ref, bias.ref, no_pairs.ref, no_pairs.ref, rows.taps.ref,
+                                rows.group.ref, rows.order.ref, rows.offsets.ref, cols.taps.ref, cols.group.ref,
+                                cols.order.ref, cols.offsets.ref, got.ref, 0);
   vk::emu_test::expect_close(vk::str(name, " gather_gemm ", vk::dtype_name(dtype)), got.storage.data(),
+                             want.storage.data(), got.storage.size(), rtol, atol);
+
+  // Transposed weights (input-gradient mode): a forward weight [Py, Px, C_out, C_in, Kh, Kw] read
+  // through random (phase, tap) pairs, some of them (-1, -1) padding.
+  const index_t phases = 3, support = 2;
+  auto forward = HostArray<T>::uniform({phases, phases, channels, out_channels, support, support}, dtype, -1.f, 1.f,
+                                       convert);
+  auto pairs = [&](index_t groups, index_t taps) {
+    std::uniform_int_distribution<std::int64_t> pick(-1, phases * support - 1);
+    std::vector<std::int64_t> values;
+    for (index_t e = 0; e < groups * taps; ++e) {
+      const std::int64_t draw = pick(vk::emu_test::rng());  // -1: a (-1, -1) padding pair
+      values.push_back(draw < 0 ? -1 : draw / support);
+      values.push_back(draw < 0 ? -1 : draw % support);
+    }
+    return HostArray<std::int64_t>::filled({groups, taps, 2}, DType::Int64, [&](index_t e) { return values[e]; });
+  };
+  const auto row_pairs = pairs(groups_y, taps_y), col_pairs = pairs(groups_x, taps_x);
+  vk::cc_conv::gather_gemm_cpu(input.ref, forward.ref, bias.ref, row_pairs.ref, col_pairs.ref, rows.taps.ref,
+                               rows.group.ref, rows.order.ref, rows.offsets.ref, cols.taps.ref, cols.group.ref,
+                               cols.order.ref, cols.offsets.ref, want.ref);
+  vk::cc_conv::gather_gemm_cuda(input.ref, forward.ref, bias.ref, row_pairs.ref, col_pairs.ref, rows.taps.ref,
+                                rows.group.ref, rows.order.ref, rows.offsets.ref, cols.taps.ref, cols.group.ref,
+                                cols.order.ref, cols.offsets.ref, got.ref, 0);
+  vk::emu_test::expect_close(vk::str(name, " gather_gemm transposed ", vk::dtype_name(dtype)), got.storage.data(),
                              want.storage.data(), got.storage.size(), rtol, atol);
 
   // Weight gradient: the emulated kernel's partial sums (S = 3) added up against the CPU kernel.

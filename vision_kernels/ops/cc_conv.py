@@ -20,8 +20,9 @@ bias, padding=K // 2)``.
 
 Kernels: a gather-GEMM per group of outputs sharing a phase pair, with the im2col columns gathered from
 the input on the fly (no im2col buffer). Gradients: to the input, the same gather-GEMM on the
-transposed plan (each input pixel gathers the outputs that read it) with rearranged weights; to the
-weights, a GEMM reducing over each group's pixels; to the bias, a sum over grad.
+transposed plan (each input pixel gathers the outputs that read it; inputs with the same pattern of
+(phase, tap) pairs share weights, read from the forward weight through those pairs); to the weights,
+a GEMM reducing over each group's pixels; to the bias, a sum over grad.
 """
 
 from __future__ import annotations
@@ -110,28 +111,9 @@ def _plan_refs(plan: AxisPlan, device: torch.device) -> list[tuple]:
     return [_native.tensor_ref(t) for t in plan.tensors(device)]
 
 
-def _no_bias(input: Tensor) -> Tensor:
-    return input.new_empty((0,))
-
-
-def _transposed_weight(weight: Tensor, rows: AxisPlan, cols: AxisPlan) -> Tensor:
-    """Weights of the input-gradient gather-GEMM: ``[Ry, Rx, C, O, Ta, Tb]`` from ``[Py, Px, O, C, Kh, Kw]``.
-
-    Entry ``[ry, rx, c, o, a, b]`` is ``weight[phase_y, phase_x, o, c, ky, kx]`` for the (phase, tap) pairs
-    a and b of the transposed groups ry and rx (zero for padding pairs).
-    """
-    phases_y, phases_x, out_channels, channels, kh, kw = weight.shape
-    flat = weight.permute(0, 4, 1, 5, 3, 2).reshape(phases_y * kh, phases_x * kw, channels, out_channels)
-    flat = F.pad(flat, (0, 0, 0, 0, 0, 1, 0, 1))  # a zero entry at index phases * K for padding pairs
-    assert rows.pairs is not None and cols.pairs is not None
-
-    def index(plan: AxisPlan, k: int, phases: int) -> Tensor:
-        pairs = plan.pairs.to(weight.device)  # [R, T, 2]
-        return torch.where(pairs[..., 0] >= 0, pairs[..., 0] * k + pairs[..., 1], phases * k)  # [R, T]
-
-    iy, ix = index(rows, kh, phases_y), index(cols, kw, phases_x)
-    gathered = flat[iy[:, :, None, None], ix[None, None, :, :]]  # [Ry, Ta, Rx, Tb, C, O]
-    return gathered.permute(0, 2, 4, 5, 1, 3).contiguous()
+def _none(input: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A 0-element tensor: "no bias" / "no pairs" for the native calls."""
+    return torch.empty((0,), dtype=dtype or input.dtype, device=input.device)
 
 
 # ---------------------------------------------------------------- forward op
@@ -160,12 +142,14 @@ def _cc_conv2d_op(
     check_finite: bool,
 ) -> Tensor:
     rows, cols, out = _prepare(input, weight, bias, out_size, scale, padding_mode, check_finite)
-    weight, bias = weight.contiguous(), bias if bias is not None else _no_bias(input)  # kept alive for the call
+    bias, no_pairs = bias if bias is not None else _none(input), _none(input, torch.int64)  # alive for the call
     ref = _native.tensor_ref
     cpu_native().cc_conv_gather_gemm_cpu(
         ref(input),
         ref(weight),
         ref(bias),
+        ref(no_pairs),
+        ref(no_pairs),
         *_plan_refs(rows, input.device),
         *_plan_refs(cols, input.device),
         ref(out),
@@ -175,12 +159,14 @@ def _cc_conv2d_op(
 
 def _launch_forward_cuda(native, stream, input, weight, bias, out_size, scale, padding_mode, check_finite):  # type: ignore[no-untyped-def]
     rows, cols, out = _prepare(input, weight, bias, out_size, scale, padding_mode, check_finite)
-    weight, bias = weight.contiguous(), bias if bias is not None else _no_bias(input)  # kept alive for the call
+    bias, no_pairs = bias if bias is not None else _none(input), _none(input, torch.int64)  # alive for the call
     ref = _native.tensor_ref
     native.cc_conv_gather_gemm_cuda(
         ref(input),
         ref(weight),
         ref(bias),
+        ref(no_pairs),
+        ref(no_pairs),
         *_plan_refs(rows, input.device),
         *_plan_refs(cols, input.device),
         ref(out),
@@ -229,12 +215,15 @@ def _grad_input_prepare(grad, weight, in_size, scale, padding_mode):  # type: ig
 @torch.library.custom_op("vision_kernels::cc_conv2d_grad_input", mutates_args=(), device_types="cpu")
 def _grad_input_op(grad: Tensor, weight: Tensor, in_size: list[int], scale: list[float], padding_mode: str) -> Tensor:
     rows, cols, out = _grad_input_prepare(grad, weight, in_size, scale, padding_mode)
-    transposed, no_bias = _transposed_weight(weight, rows, cols), _no_bias(grad)  # kept alive for the call
+    no_bias = _none(grad)  # kept alive for the call
+    row_pairs, col_pairs = rows.pairs.to(grad.device), cols.pairs.to(grad.device)  # type: ignore[union-attr]
     ref = _native.tensor_ref
     cpu_native().cc_conv_gather_gemm_cpu(
         ref(grad),
-        ref(transposed),
+        ref(weight),
         ref(no_bias),
+        ref(row_pairs),
+        ref(col_pairs),
         *_plan_refs(rows, grad.device),
         *_plan_refs(cols, grad.device),
         ref(out),
@@ -244,12 +233,15 @@ def _grad_input_op(grad: Tensor, weight: Tensor, in_size: list[int], scale: list
 
 def _launch_grad_input_cuda(native, stream, grad, weight, in_size, scale, padding_mode):  # type: ignore[no-untyped-def]
     rows, cols, out = _grad_input_prepare(grad, weight, in_size, scale, padding_mode)
-    transposed, no_bias = _transposed_weight(weight, rows, cols), _no_bias(grad)  # kept alive for the call
+    no_bias = _none(grad)  # kept alive for the call
+    row_pairs, col_pairs = rows.pairs.to(grad.device), cols.pairs.to(grad.device)  # type: ignore[union-attr]
     ref = _native.tensor_ref
     native.cc_conv_gather_gemm_cuda(
         ref(grad),
-        ref(transposed),
+        ref(weight),
         ref(no_bias),
+        ref(row_pairs),
+        ref(col_pairs),
         *_plan_refs(rows, grad.device),
         *_plan_refs(cols, grad.device),
         ref(out),
