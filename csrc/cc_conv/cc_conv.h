@@ -223,7 +223,7 @@ inline void check_gather_gemm_arguments(const ArgCheck& check, const TensorRef& 
   check.size(weight, "weight", transposed ? 2 : 3, input.sizes[1], "C, the channels of input");
   check.size(out, "out", 0, input.sizes[0], "B");
   check.size(out, "out", 1, weight.sizes[transposed ? 3 : 2], "O, the output channels of weight");
-  check.contiguous(out, "out");
+  if (out.numel() > 0) check.contiguous(out, "out");
   if (bias.numel() > 0 || bias.ndim != 1) {
     check.rank(bias, "bias", 1, "[O]");
     check.same_dtype(input, "input", bias, "bias");
@@ -300,7 +300,7 @@ inline void check_weight_grad_arguments(const ArgCheck& check, const TensorRef& 
   check.size(grad, "grad", 0, input.sizes[0], "B");
   check.size(grad_weight, "grad_weight", 2 + first, grad.sizes[1], "O");
   check.size(grad_weight, "grad_weight", 3 + first, input.sizes[1], "C");
-  check.contiguous(grad_weight, "grad_weight");
+  if (grad_weight.numel() > 0) check.contiguous(grad_weight, "grad_weight");
   check.on_device(grad, "grad", device);
   check.on_device(input, "input", device);
   check.on_device(grad_weight, "grad_weight", device);

@@ -50,9 +50,18 @@ VK_HOST_DEVICE inline void locate_tile(const AxisPlan& plan, index_t tile, index
   *first = 0;
 }
 
-// Upper bound of the number of tiles of an axis (sum over groups of ceil(size / kSide)) without reading
-// the device tables: blocks past the last tile find no group and exit.
-index_t tile_bound(const AxisPlan& plan) { return plan.outputs() / kSide + plan.groups(); }
+// Number of tiles of an axis: sum over groups of ceil(size / kSide). On a GPU the offsets live on the device,
+// so the launch uses an upper bound (blocks past the last tile find no group and exit); the host harness
+// reads the tables directly and launches exactly the blocks needed (each emulated block is costly).
+index_t tile_bound(const AxisPlan& plan) {
+#ifdef VK_CUDA_EMULATION
+  index_t tiles = 0;
+  for (index_t g = 0; g < plan.groups(); ++g) tiles += ceil_div(plan.group_size(g), kSide);
+  return std::max<index_t>(tiles, 1);
+#else
+  return plan.outputs() / kSide + plan.groups();
+#endif
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads * kThreads)

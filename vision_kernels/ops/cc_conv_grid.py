@@ -114,8 +114,8 @@ class CCGrid:
 
         This is where a continuous filter is evaluated: once per pair and tap, not per output pixel.
         """
-        dy = torch.as_tensor(self.y.offsets, dtype=dtype, device=device)  # [Py, Kh]
-        dx = torch.as_tensor(self.x.offsets, dtype=dtype, device=device)  # [Px, Kw]
+        dy = torch.tensor(self.y.offsets, dtype=dtype, device=device)  # [Py, Kh]
+        dx = torch.tensor(self.x.offsets, dtype=dtype, device=device)  # [Px, Kw]
         py, kh = dy.shape
         px, kw = dx.shape
         return torch.stack(
