@@ -155,7 +155,9 @@ def centroid(image: torch.Tensor) -> tuple[float, float]:
 def test_strided_convolutions_drift_and_the_cc_layer_keeps_the_centred_grid() -> None:
     # A symmetric blob centred on the image centre (31.5, 31.5) of a 64 x 64 image, downscaled 3 times by 2.
     size, layers = 64, 3
-    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+    )
     image = torch.exp(-((y - 31.5) ** 2 + (x - 31.5) ** 2) / (2 * 4.0**2))[None, None]
 
     # The usual downscaling layer: 3 x 3 binomial filter, stride 2, padding 1. Output k is centred on input 2k
@@ -206,7 +208,10 @@ def test_one_strided_layer_shifts_by_half_an_input_pixel() -> None:
 def test_bad_input() -> None:
     layer = CCConv2d(3, 4, 3)
     x = torch.randn(1, 3, 10, 10)
-    with pytest.raises(ValueError, match=r"vision_kernels\.nn\.CCConv2d: argument 'x' must have shape \[B, 3, H, W\], got \[1, 2, 10, 10\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"vision_kernels\.nn\.CCConv2d: argument 'x' must have shape \[B, 3, H, W\], got \[1, 2, 10, 10\]",
+    ):
         layer(torch.randn(1, 2, 10, 10))
     with pytest.raises(ValueError, match=r"argument 'scale' must be finite and > 0, got -1.0"):
         layer(x, scale=-1.0)

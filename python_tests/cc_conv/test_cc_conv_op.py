@@ -313,23 +313,48 @@ def bad_cases() -> list:
         ((x, w, b), {"scale": -1.5}, ValueError, r"argument 'scale' must be finite and > 0, got -1.5"),
         ((x, w, b), {"size": (15, 0)}, ValueError, r"argument 'size' must be >= 1, got 0 for the width"),
         ((x, w, b), {"scale": 0.01}, ValueError, r"argument 'scale' gives an empty output"),
-        ((x, torch.randn(1, 1, 4, 3, 1, 1), b), {"scale": 0.5}, ValueError,
-         r"argument 'weight' is too small for the scale: support 1 x scale 0.5 < 1 for the height"),
-        ((x, torch.randn(*grid.phases, 4, 2, 3, 3), b), {"scale": 1.5}, ValueError,
-         r"argument 'weight' must have size 3 in dimension 3 \(C, the channels of input\), got shape \[3, 3, 4, 2, 3, 3\]"),
-        ((x, torch.randn(2, 3, 4, 3, 3, 3), b), {"scale": 1.5}, ValueError,
-         r"argument 'weight' must have 3 x 3 phases in dimensions 0 and 1 for the grid 10 x 10 -> 15 x 15"),
+        (
+            (x, torch.randn(1, 1, 4, 3, 1, 1), b),
+            {"scale": 0.5},
+            ValueError,
+            r"argument 'weight' is too small for the scale: support 1 x scale 0.5 < 1 for the height",
+        ),
+        (
+            (x, torch.randn(*grid.phases, 4, 2, 3, 3), b),
+            {"scale": 1.5},
+            ValueError,
+            r"argument 'weight' must have size 3 in dimension 3 \(C, the channels of input\), "
+            r"got shape \[3, 3, 4, 2, 3, 3\]",
+        ),
+        (
+            (x, torch.randn(2, 3, 4, 3, 3, 3), b),
+            {"scale": 1.5},
+            ValueError,
+            r"argument 'weight' must have 3 x 3 phases in dimensions 0 and 1 for the grid 10 x 10 -> 15 x 15",
+        ),
         ((x, w, torch.randn(5)), {"scale": 1.5}, ValueError, r"argument 'bias' must have size 4 in dimension 0"),
         ((x, w, b.double()), {"scale": 1.5}, TypeError, r"argument 'bias' must have the dtype of 'input'"),
         ((x.int(), w.int(), b), {"scale": 1.5}, TypeError, r"argument 'input' must have dtype in"),
         ((x[0], w, b), {"scale": 1.5}, ValueError, r"argument 'input' must have 4 dimensions \[B, C, H, W\], got 3"),
         ((x, w[0], b), {"scale": 1.5}, ValueError, r"argument 'weight' must have 6 dimensions"),
-        ((x, w, b), {"scale": 1.5, "padding_mode": "reflect"}, ValueError,
-         r"argument 'padding_mode' must be one of 'zeros', 'replicate', got 'reflect'"),
-        ((x.index_fill(2, torch.tensor([3]), float("nan")), w, b), {"scale": 1.5}, ValueError,
-         r"argument 'input' must be finite \(no NaN or Inf\), got nan at index \(0, 0, 3, 0\)"),
-        ((x, w.index_fill(0, torch.tensor([1]), float("inf")), b), {"scale": 1.5}, ValueError,
-         r"argument 'weight' must be finite"),
+        (
+            (x, w, b),
+            {"scale": 1.5, "padding_mode": "reflect"},
+            ValueError,
+            r"argument 'padding_mode' must be one of 'zeros', 'replicate', got 'reflect'",
+        ),
+        (
+            (x.index_fill(2, torch.tensor([3]), float("nan")), w, b),
+            {"scale": 1.5},
+            ValueError,
+            r"argument 'input' must be finite \(no NaN or Inf\), got nan at index \(0, 0, 3, 0\)",
+        ),
+        (
+            (x, w.index_fill(0, torch.tensor([1]), float("inf")), b),
+            {"scale": 1.5},
+            ValueError,
+            r"argument 'weight' must be finite",
+        ),
     ]
 
 
@@ -346,7 +371,9 @@ def test_bad_input_emulated() -> None:
     with pytest.raises(ValueError, match=F_NAME + r"argument 'weight' must have size 3 in dimension 3"):
         emulated(OPS.cc_conv2d)(x, torch.randn(*grid.phases, 4, 2, 3, 3), b, [15, 15], [1.5, 1.5], "zeros", True)
     with pytest.raises(ValueError, match=F_NAME + r"argument 'input' must be finite"):
-        emulated(OPS.cc_conv2d)(x / 0 * 0, torch.randn(*grid.phases, 4, 3, 3, 3), b, [15, 15], [1.5, 1.5], "zeros", True)
+        emulated(OPS.cc_conv2d)(
+            x / 0 * 0, torch.randn(*grid.phases, 4, 3, 3, 3), b, [15, 15], [1.5, 1.5], "zeros", True
+        )
 
 
 def test_nan_propagates_when_unchecked() -> None:
@@ -358,12 +385,16 @@ def test_nan_propagates_when_unchecked() -> None:
 
 def test_mixed_devices() -> None:
     grid, x, w, b = make(CASES[0], torch.float32)
-    with pytest.raises(ValueError, match=F_NAME + r"arguments 'input' and 'weight' must be on the same device, got cpu and meta"):
+    with pytest.raises(
+        ValueError, match=F_NAME + r"arguments 'input' and 'weight' must be on the same device, got cpu and meta"
+    ):
         cc_conv2d(x, w.to("meta"), b, scale=1.5)
 
 
 def test_bad_argument_types() -> None:
-    with pytest.raises(TypeError, match=F_NAME + r"argument 'input' must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got list"):
+    with pytest.raises(
+        TypeError, match=F_NAME + r"argument 'input' must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got list"
+    ):
         cc_conv2d([[1.0]], torch.ones(1), scale=1.5)  # type: ignore[arg-type]
 
 
@@ -382,7 +413,9 @@ def test_native_core_checks_its_own_arguments() -> None:
     bad_taps = plan.taps.clone()
     bad_taps[2, 1] = 5
     bad = [ref_(t) for t in (bad_taps, plan.group, plan.order, plan.offsets)]
-    with pytest.raises(ValueError, match=F_NAME + r"argument 'rows' plan is inconsistent: taps\[2, 1\] = 5 is outside \[-1, 5\)"):
+    with pytest.raises(
+        ValueError, match=F_NAME + r"argument 'rows' plan is inconsistent: taps\[2, 1\] = 5 is outside \[-1, 5\)"
+    ):
         module.cc_conv_gather_gemm_cpu(ref_(x), ref_(w), ref_(none), ref_(pairs), ref_(pairs), *bad, *good, ref_(out))
     bad_order = plan.order.clone()
     bad_order[0] = 7
@@ -390,10 +423,14 @@ def test_native_core_checks_its_own_arguments() -> None:
     with pytest.raises(ValueError, match=r"argument 'cols' plan is inconsistent: order\[0\] = 7"):
         module.cc_conv_gather_gemm_cpu(ref_(x), ref_(w), ref_(none), ref_(pairs), ref_(pairs), *good, *bad, ref_(out))
     with pytest.raises(ValueError, match=r"argument 'out' must have size 3 in dimension 1"):
-        module.cc_conv_gather_gemm_cpu(ref_(x), ref_(w), ref_(none), ref_(pairs), ref_(pairs), *good, *good,
-                                       ref_(torch.empty(1, 2, 5, 5)))
+        module.cc_conv_gather_gemm_cpu(
+            ref_(x), ref_(w), ref_(none), ref_(pairs), ref_(pairs), *good, *good, ref_(torch.empty(1, 2, 5, 5))
+        )
     # Transposed (input-gradient) mode: the weight is read as [Py, Px, C, O, Kh, Kw] through (phase, tap) pairs.
     bad_pairs = torch.tensor([[[0, 0], [4, 1], [-1, -1]]])
-    with pytest.raises(ValueError, match=r"argument 'row_pairs' entry \[0, 1\] = \(4, 1\) is outside \[0, 1\) x \[0, 3\)"):
-        module.cc_conv_gather_gemm_cpu(ref_(x), ref_(w.transpose(2, 3)), ref_(none), ref_(bad_pairs), ref_(bad_pairs),
-                                       *good, *good, ref_(out))
+    with pytest.raises(
+        ValueError, match=r"argument 'row_pairs' entry \[0, 1\] = \(4, 1\) is outside \[0, 1\) x \[0, 3\)"
+    ):
+        module.cc_conv_gather_gemm_cpu(
+            ref_(x), ref_(w.transpose(2, 3)), ref_(none), ref_(bad_pairs), ref_(bad_pairs), *good, *good, ref_(out)
+        )

@@ -135,8 +135,11 @@ def test_bad_geometry(size: object, scale: object, error: type[Exception], messa
 
 def test_support_too_small_for_the_scale() -> None:
     cc_conv2d_grid((16, 16), 2, scale=0.5)  # 2 x 0.5 = 1: every input pixel is in a window
-    with pytest.raises(ValueError, match=r"argument 'support' is too small for the scale: support 3 x scale 0.25 < 1 "
-                       r"for the height, .* use a support >= 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"argument 'support' is too small for the scale: support 3 x scale 0.25 < 1 "
+        r"for the height, .* use a support >= 4",
+    ):
         cc_conv2d_grid((16, 16), (3, 4), scale=0.25)
     with pytest.raises(ValueError, match=r"argument 'support' must be >= 1, got 0 for the width"):
         cc_conv2d_grid((16, 16), (3, 0))

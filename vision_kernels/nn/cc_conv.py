@@ -2,7 +2,8 @@
 Layers, 2020): a convolution whose filter is a learned function of sub-pixel offsets and of the scale,
 applied on the centred grid at any output size or scale chosen at call time.
 
-    out[b, o, i, j] = bias[o] + sum_{c, ky, kx} k_theta(dy_ky(i), dx_kx(j), sy, sx)[o, c] * in[b, c, y0(i) + ky, x0(j) + kx]
+    out[b, o, i, j] = bias[o]
+                      + sum_{c, ky, kx} k_theta(dy_ky(i), dx_kx(j), sy, sx)[o, c] * in[b, c, y0(i) + ky, x0(j) + kx]
 
 with ``dy_ky(i) = y0(i) + ky - y(i)`` the offset (in input pixels) of tap ky from output row i's position
 ``y(i) = i / sy + (H - 1) / 2 - (H' - 1) / (2 sy)`` (columns likewise; see
@@ -30,7 +31,9 @@ __all__ = ["FourierFeatures", "ContinuousFilter", "InterpolationFilter", "CCConv
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise ValueError(f"vision_kernels.nn.CCConv2d: argument '{name}' must be an int >= 1 or a pair of them, got {value!r}")
+        raise ValueError(
+            f"vision_kernels.nn.CCConv2d: argument '{name}' must be an int >= 1 or a pair of them, got {value!r}"
+        )
     return int(pair[0]), int(pair[1])
 
 
@@ -124,7 +127,8 @@ def cubic(t: Tensor, a: float = -0.5) -> Tensor:
 class InterpolationFilter(nn.Module):
     """A resizing filter: bicubic interpolation as a prior, plus an optional learned correction.
 
-    ``k(dy, dx, sy, sx)[o, c] = cubic(dy m_y) cubic(dx m_x) delta_oc / Z + r(dy, dx, sy, sx)[o, c] - mean_taps(r)[o, c]``
+    ``k(dy, dx, sy, sx)[o, c] = cubic(dy m_y) cubic(dx m_x) delta_oc / Z + r(dy, dx, sy, sx)[o, c]
+    - mean_taps(r)[o, c]``
 
     with ``m = min(s, 1)`` (the cubic is stretched by ``1 / s`` when downscaling: antialiasing), the cubic's
     ``a`` as ``F.interpolate`` uses it (-0.75 when upscaling, -0.5 with ``antialias=True`` when downscaling;
@@ -172,7 +176,8 @@ class CCConv2d(nn.Module):
     resulting ``[Py, Px, O, C, Kh, Kw]`` weights go to :func:`vision_kernels.ops.cc_conv2d`.
 
     At scale 1 there is one phase with integer offsets ``-(K-1)/2 .. (K-1)/2`` (odd K): the layer is exactly
-    ``F.conv2d(x, taps, bias, padding=K // 2)`` with ``taps[o, c, ky, kx] = k_theta(ky - (Kh-1)/2, kx - (Kw-1)/2, 1, 1)[o, c]``.
+    ``F.conv2d(x, taps, bias, padding=K // 2)`` with
+    ``taps[o, c, ky, kx] = k_theta(ky - (Kh-1)/2, kx - (Kw-1)/2, 1, 1)[o, c]``.
 
     Args:
         in_channels, out_channels: C and O.
@@ -206,18 +211,23 @@ class CCConv2d(nn.Module):
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ValueError(
-                f"vision_kernels.nn.CCConv2d: argument 'padding_mode' must be one of {PADDING_MODES}, got {padding_mode!r}"
+                "vision_kernels.nn.CCConv2d: argument 'padding_mode' must be one of "
+                f"{PADDING_MODES}, got {padding_mode!r}"
             )
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.support = _pair(support, "support")
         self.padding_mode = padding_mode
-        self.filter = filter if filter is not None else ContinuousFilter(
-            self.in_channels,
-            self.out_channels,
-            self.support,
-            hidden=hidden,
-            fourier_features=fourier_features,
-            fourier_sigma=fourier_sigma,
+        self.filter = (
+            filter
+            if filter is not None
+            else ContinuousFilter(
+                self.in_channels,
+                self.out_channels,
+                self.support,
+                hidden=hidden,
+                fourier_features=fourier_features,
+                fourier_sigma=fourier_sigma,
+            )
         )
         if bias:
             bound = 1.0 / math.sqrt(self.in_channels * self.support[0] * self.support[1])
@@ -276,7 +286,9 @@ class CCConv2d(nn.Module):
                 else (float(filter_scale[0]), float(filter_scale[1]))
             )
             if not all(math.isfinite(v) and v > 0 for v in conditioning):
-                raise ValueError(f"vision_kernels.nn.CCConv2d: argument 'filter_scale' must be > 0, got {filter_scale!r}")
+                raise ValueError(
+                    f"vision_kernels.nn.CCConv2d: argument 'filter_scale' must be > 0, got {filter_scale!r}"
+                )
         weight = self.weights(grid, dtype=x.dtype, device=x.device, filter_scale=conditioning)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return cc_conv2d(

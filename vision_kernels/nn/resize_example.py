@@ -23,9 +23,8 @@ therefore normalized bicubic resizing; training learns what to add, from the tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -178,7 +177,9 @@ def train(
     dominate and trade away the downscaling ones; the log weights every scale by its relative error.
     """
     if in_size * max(scales) > crop:
-        raise ValueError(f"vision_kernels.nn.resize_example.train: in_size {in_size} x scale {max(scales)} > crop {crop}")
+        raise ValueError(
+            f"vision_kernels.nn.resize_example.train: in_size {in_size} x scale {max(scales)} > crop {crop}"
+        )
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     pictures = [load_gray(name) for name in images]

@@ -31,7 +31,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _native
@@ -78,7 +77,12 @@ def _check_input(check: ArgCheck, input: Tensor, name: str = "input") -> None:
 
 
 def _check_forward(
-    input: Tensor, weight: Tensor, bias: Tensor | None, out_size: Sequence[int], scale: Sequence[float], padding_mode: str
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    out_size: Sequence[int],
+    scale: Sequence[float],
+    padding_mode: str,
 ) -> tuple[AxisPlan, AxisPlan]:
     """Shape, dtype and device checks of cc_conv2d; returns the row and column plans."""
     check = ArgCheck(FUNCTION)
@@ -206,7 +210,9 @@ def _grad_input_prepare(grad, weight, in_size, scale, padding_mode):  # type: ig
     for axis, (n_in, n_out, s, k) in enumerate(zip(in_size, (out_h, out_w), scale, support, strict=True)):
         phases = axis_grid(int(n_in), n_out, float(s), k).phases
         if weight.shape[axis] != phases:
-            check.fail("weight", f"must have {phases} phases in dimension {axis}, got shape {shape_string(weight.shape)}")
+            check.fail(
+                "weight", f"must have {phases} phases in dimension {axis}, got shape {shape_string(weight.shape)}"
+            )
         plans.append(input_grad_plan(int(n_in), n_out, float(s), k, padding_mode))
     out = grad.new_empty((grad.shape[0], weight.shape[3], int(in_size[0]), int(in_size[1])))
     return plans[0], plans[1], out
@@ -346,7 +352,8 @@ def cc_conv2d(
 ) -> Tensor:
     """Continuous convolution on the centred grid, at any output size or scale.
 
-    ``out[b, o, i, j] = bias[o] + sum_{c, ky, kx} weight[py(i), px(j), o, c, ky, kx] * input[b, c, y0(i) + ky, x0(j) + kx]``
+    ``out[b, o, i, j] = bias[o]
+    + sum_{c, ky, kx} weight[py(i), px(j), o, c, ky, kx] * input[b, c, y0(i) + ky, x0(j) + kx]``
 
     where output row ``i`` sits at ``y(i) = i / sy + (H - 1) / 2 - (H' - 1) / (2 sy)`` on the input,
     reads rows ``y0(i) .. y0(i) + Kh - 1`` (the ``Kh`` rows in ``[y(i) - Kh/2, y(i) + Kh/2)``) and uses

@@ -195,7 +195,9 @@ def resolve_output(
         elif isinstance(size, Sequence) and len(size) == 2 and all(isinstance(v, int) for v in size):
             sizes = (int(size[0]), int(size[1]))
         else:
-            raise TypeError(f"{function}: argument 'size' must be an int or a pair of ints (height, width), got {size!r}")
+            raise TypeError(
+                f"{function}: argument 'size' must be an int or a pair of ints (height, width), got {size!r}"
+            )
         for axis, n in zip(("height", "width"), sizes, strict=True):
             if n < 1:
                 raise ValueError(f"{function}: argument 'size' must be >= 1, got {n} for the {axis}")

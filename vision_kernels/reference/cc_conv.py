@@ -45,7 +45,10 @@ def cc_conv2d(
     scale: tuple[float, float],
     padding_mode: str = "zeros",
 ) -> Tensor:
-    """``out[b, o, i, j] = bias[o] + sum_{c, ky, kx} weight[py(i), px(j), o, c, ky, kx] * in[b, c, y0(i) + ky, x0(j) + kx]``.
+    """Continuous convolution by unfold + matmul per phase group:
+
+    ``out[b, o, i, j] = bias[o] + sum_{c,ky,kx} weight[py(i), px(j), o, c, ky, kx] * in[b, c, y0(i) + ky, x0(j) + kx]``
+    with ``y0(i)`` the first row of output i's window and ``py(i)`` its phase (columns likewise).
 
     ``input [B, C, H, W]``, ``weight [Py, Px, O, C, Kh, Kw]``, ``bias [O]`` or None, ``size=(H', W')``,
     ``scale=(sy, sx)``; pixels outside the input read zero (``"zeros"``) or the edge (``"replicate"``).
