@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vision_kernels.nn import CCConv2d, ContinuousFilter, InterpolationFilter, cubic
+from vision_kernels.nn.alignment import centroid, downscale_drift
 from vision_kernels.ops import cc_conv2d_grid
 from vision_kernels.reference.cc_conv import cc_conv2d as reference
 from vision_kernels.reference.cc_conv import strided_shift
@@ -143,47 +144,22 @@ def test_interpolation_filter_starts_as_bicubic() -> None:
 # ---------------------------------------------------------------- the misalignment claim
 
 
-def centroid(image: torch.Tensor) -> tuple[float, float]:
-    """Intensity centroid (row, column) of a [1, 1, H, W] image, in its own pixel coordinates."""
-    mass = image[0, 0].clamp_min(0)
-    rows = torch.arange(mass.shape[0], dtype=mass.dtype)
-    cols = torch.arange(mass.shape[1], dtype=mass.dtype)
-    total = mass.sum()
-    return float((mass.sum(1) * rows).sum() / total), float((mass.sum(0) * cols).sum() / total)
-
-
-def test_strided_convolutions_drift_and_the_cc_layer_keeps_the_centred_grid() -> None:
-    # A symmetric blob centred on the image centre (31.5, 31.5) of a 64 x 64 image, downscaled 3 times by 2.
-    size, layers = 64, 3
-    y, x = torch.meshgrid(
-        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
-    )
-    image = torch.exp(-((y - 31.5) ** 2 + (x - 31.5) ** 2) / (2 * 4.0**2))[None, None]
-
-    # The usual downscaling layer: 3 x 3 binomial filter, stride 2, padding 1. Output k is centred on input 2k
-    # while the centred grid of a 2x downscale puts it at 2k + 1/2: half an input pixel per layer.
-    binomial = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
-    kernel = (binomial[:, None] * binomial[None, :] / 16)[None, None]
-    strided = image
-    for _ in range(layers):
-        strided = F.conv2d(strided, kernel, stride=2, padding=1)
-
-    # The CC layer at scale 1/2 on the centred grid (symmetric filter: bicubic, antialiased, support 4).
-    cc = CCConv2d(1, 1, 4, bias=False, filter=InterpolationFilter(1, (4, 4), learned=False)).double()
-    centred = image
-    for _ in range(layers):
-        centred = cc(centred, scale=0.5)
-
-    out = size // 2**layers  # 8 x 8; its centre (3.5, 3.5) is the input's centre on the centred grid
-    assert strided.shape == centred.shape == (1, 1, out, out)
-    centre = (out - 1) / 2
-    cy, cx = centroid(centred)
-    assert abs(cy - centre) < 1e-9 and abs(cx - centre) < 1e-9
-    # The strided stack moved the blob by (2^3 - 1) / 2 = 3.5 original pixels, 3.5 / 8 output pixels.
-    sy, sx = centroid(strided)
-    shift = strided_shift(layers) / 2**layers
-    assert shift == pytest.approx(3.5 / 8)
-    assert sy - centre == pytest.approx(shift, abs=2e-3) and sx - centre == pytest.approx(shift, abs=2e-3)
+@pytest.mark.parametrize("layers", [1, 3])
+def test_strided_convolutions_drift_and_the_cc_layer_keeps_the_centred_grid(layers: int) -> None:
+    # A symmetric blob centred on the centre of a 64 x 64 image, downscaled `layers` times by 2: by 3x3 / stride 2
+    # / padding 1 binomial convolutions (output k centred on input 2k), and by CC layers at scale 1/2 on the
+    # centred grid (output k at 2k + 1/2; a symmetric bicubic filter on a symmetric 4-tap window).
+    drift = downscale_drift(layers=layers, size=64)
+    out = 64 // 2**layers
+    assert drift.strided.shape == drift.centred.shape == (1, 1, out, out)
+    # The CC stack keeps the blob exactly on the output's centre ((out - 1) / 2, (out - 1) / 2).
+    assert max(abs(v) for v in drift.cc_shift) < 1e-9
+    row, col = centroid(drift.centred)
+    assert row == pytest.approx((out - 1) / 2, abs=1e-12) and col == pytest.approx((out - 1) / 2, abs=1e-12)
+    # The strided stack moved it by half an input pixel per layer: (2^L - 1) / 2 original pixels.
+    assert drift.predicted_strided_shift == (2**layers - 1) / 2 == strided_shift(layers)
+    for shift in drift.strided_shift:
+        assert shift == pytest.approx(drift.predicted_strided_shift, abs=0.02)
 
 
 def test_one_strided_layer_shifts_by_half_an_input_pixel() -> None:

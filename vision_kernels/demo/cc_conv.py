@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ..nn import CCConv2d, InterpolationFilter
+from ..nn import InterpolationFilter
+from ..nn.alignment import centroid, downscale_drift
 from ..nn.resize_example import EVAL_SCALES, ResizeNet, evaluate, train
-from ..reference.cc_conv import strided_shift
 
 
 def _figure():  # type: ignore[no-untyped-def]
@@ -53,41 +52,28 @@ def _resize_figure(path: Path, results: list, steps: int) -> Path:
 
 
 def _misalignment_figure(path: Path) -> tuple[Path, dict[str, float]]:
-    size, layers = 64, 3
-    y, x = torch.meshgrid(
-        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
-    )
-    image = torch.exp(-((y - 31.5) ** 2 + (x - 31.5) ** 2) / (2 * 4.0**2))[None, None]
-    binomial = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
-    kernel = (binomial[:, None] * binomial[None, :] / 16)[None, None]
-    cc = CCConv2d(1, 1, 4, bias=False, filter=InterpolationFilter(1, (4, 4), learned=False)).double()
-    strided, centred = image, image
-    with torch.no_grad():
-        for _ in range(layers):
-            strided = F.conv2d(strided, kernel, stride=2, padding=1)
-            centred = cc(centred, scale=0.5)
-
-    def centroid(t: torch.Tensor) -> float:
-        mass = t[0, 0]
-        return float((mass.sum(0) * torch.arange(mass.shape[1], dtype=mass.dtype)).sum() / mass.sum())
-
-    out = size // 2**layers
-    centre = (out - 1) / 2
+    drift = downscale_drift(layers=3)
     measured = {
-        "strided_shift_original_px": (centroid(strided) - centre) * 2**layers,
-        "cc_shift_original_px": (centroid(centred) - centre) * 2**layers,
-        "predicted_strided_shift_original_px": strided_shift(layers),
+        "strided_shift_original_px": drift.strided_shift[1],
+        "cc_shift_original_px": drift.cc_shift[1],
+        "predicted_strided_shift_original_px": drift.predicted_strided_shift,
     }
+    centre = (drift.centred.shape[-1] - 1) / 2
     plt = _figure()
     figure, axes = plt.subplots(1, 3, figsize=(10, 3.4))
     panels = [
-        ("input 64x64, blob at the centre", image, (size - 1) / 2, None),
-        (f"3 strided convs: shift {measured['strided_shift_original_px']:.2f} px", strided, centre, centroid(strided)),
+        ("input 64x64, blob at the centre", drift.image, (drift.image.shape[-1] - 1) / 2, None),
         (
-            f"3 CC layers (scale 1/2): shift {measured['cc_shift_original_px']:.2e} px",
-            centred,
+            f"3 strided convs: shift {drift.strided_shift[1]:.2f} original px",
+            drift.strided,
             centre,
-            centroid(centred),
+            centroid(drift.strided)[1],
+        ),
+        (
+            f"3 CC layers (scale 1/2): shift {drift.cc_shift[1]:.1e} px",
+            drift.centred,
+            centre,
+            centroid(drift.centred)[1],
         ),
     ]
     for axis, (caption, t, middle, found) in zip(axes, panels, strict=True):

@@ -163,7 +163,7 @@ def train(
     in_size: int = 32,
     scales: tuple[float, ...] = TRAIN_SCALES,
     images: tuple[str, ...] = TRAIN_IMAGES,
-    lr: float = 3e-3,
+    lr: float = 5e-3,
     seed: int = 0,
     net: ResizeNet | None = None,
 ) -> tuple[ResizeNet, list[float]]:
@@ -185,7 +185,16 @@ def train(
     pictures = [load_gray(name) for name in images]
     net = net if net is not None else ResizeNet()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    warmup = max(1, steps // 10)  # linear warmup, then cosine decay
+
+    def factor(step: int) -> float:
+        return (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        )
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     gains = []
     for _ in progress(range(steps), desc="training CC resize net", total=steps):
         scale = scales[int(torch.randint(len(scales), (1,), generator=generator))]

@@ -120,6 +120,31 @@ def _none(input: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return torch.empty((0,), dtype=dtype or input.dtype, device=input.device)
 
 
+def _gather_gemm(call, input, weight, bias, rows, cols, out, *stream):  # type: ignore[no-untyped-def]
+    """Run the native gather-GEMM ``call`` (CPU or CUDA entry point) into ``out``.
+
+    Forward plans have no pairs (the weight is read as it is); input-gradient plans carry the (phase, tap)
+    pairs through which the forward weight is read. Temporaries stay referenced until the call returns.
+    """
+    bias = bias if bias is not None else _none(input)
+    row_pairs, col_pairs = (
+        plan.pairs.to(input.device) if plan.pairs is not None else _none(input, torch.int64) for plan in (rows, cols)
+    )
+    ref = _native.tensor_ref
+    call(
+        ref(input),
+        ref(weight),
+        ref(bias),
+        ref(row_pairs),
+        ref(col_pairs),
+        *_plan_refs(rows, input.device),
+        *_plan_refs(cols, input.device),
+        ref(out),
+        *stream,
+    )
+    return out
+
+
 # ---------------------------------------------------------------- forward op
 
 
@@ -146,37 +171,12 @@ def _cc_conv2d_op(
     check_finite: bool,
 ) -> Tensor:
     rows, cols, out = _prepare(input, weight, bias, out_size, scale, padding_mode, check_finite)
-    bias, no_pairs = bias if bias is not None else _none(input), _none(input, torch.int64)  # alive for the call
-    ref = _native.tensor_ref
-    cpu_native().cc_conv_gather_gemm_cpu(
-        ref(input),
-        ref(weight),
-        ref(bias),
-        ref(no_pairs),
-        ref(no_pairs),
-        *_plan_refs(rows, input.device),
-        *_plan_refs(cols, input.device),
-        ref(out),
-    )
-    return out
+    return _gather_gemm(cpu_native().cc_conv_gather_gemm_cpu, input, weight, bias, rows, cols, out)
 
 
 def _launch_forward_cuda(native, stream, input, weight, bias, out_size, scale, padding_mode, check_finite):  # type: ignore[no-untyped-def]
     rows, cols, out = _prepare(input, weight, bias, out_size, scale, padding_mode, check_finite)
-    bias, no_pairs = bias if bias is not None else _none(input), _none(input, torch.int64)  # alive for the call
-    ref = _native.tensor_ref
-    native.cc_conv_gather_gemm_cuda(
-        ref(input),
-        ref(weight),
-        ref(bias),
-        ref(no_pairs),
-        ref(no_pairs),
-        *_plan_refs(rows, input.device),
-        *_plan_refs(cols, input.device),
-        ref(out),
-        stream,
-    )
-    return out
+    return _gather_gemm(native.cc_conv_gather_gemm_cuda, input, weight, bias, rows, cols, out, stream)
 
 
 register_cuda(_cc_conv2d_op, _launch_forward_cuda)
@@ -221,39 +221,12 @@ def _grad_input_prepare(grad, weight, in_size, scale, padding_mode):  # type: ig
 @torch.library.custom_op("vision_kernels::cc_conv2d_grad_input", mutates_args=(), device_types="cpu")
 def _grad_input_op(grad: Tensor, weight: Tensor, in_size: list[int], scale: list[float], padding_mode: str) -> Tensor:
     rows, cols, out = _grad_input_prepare(grad, weight, in_size, scale, padding_mode)
-    no_bias = _none(grad)  # kept alive for the call
-    row_pairs, col_pairs = rows.pairs.to(grad.device), cols.pairs.to(grad.device)  # type: ignore[union-attr]
-    ref = _native.tensor_ref
-    cpu_native().cc_conv_gather_gemm_cpu(
-        ref(grad),
-        ref(weight),
-        ref(no_bias),
-        ref(row_pairs),
-        ref(col_pairs),
-        *_plan_refs(rows, grad.device),
-        *_plan_refs(cols, grad.device),
-        ref(out),
-    )
-    return out
+    return _gather_gemm(cpu_native().cc_conv_gather_gemm_cpu, grad, weight, None, rows, cols, out)
 
 
 def _launch_grad_input_cuda(native, stream, grad, weight, in_size, scale, padding_mode):  # type: ignore[no-untyped-def]
     rows, cols, out = _grad_input_prepare(grad, weight, in_size, scale, padding_mode)
-    no_bias = _none(grad)  # kept alive for the call
-    row_pairs, col_pairs = rows.pairs.to(grad.device), cols.pairs.to(grad.device)  # type: ignore[union-attr]
-    ref = _native.tensor_ref
-    native.cc_conv_gather_gemm_cuda(
-        ref(grad),
-        ref(weight),
-        ref(no_bias),
-        ref(row_pairs),
-        ref(col_pairs),
-        *_plan_refs(rows, grad.device),
-        *_plan_refs(cols, grad.device),
-        ref(out),
-        stream,
-    )
-    return out
+    return _gather_gemm(native.cc_conv_gather_gemm_cuda, grad, weight, None, rows, cols, out, stream)
 
 
 register_cuda(_grad_input_op, _launch_grad_input_cuda)
