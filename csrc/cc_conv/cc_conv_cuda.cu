@@ -10,6 +10,9 @@
 // weight_grad: a block computes 64 output channels x 64 reduction indices of one group pair,
 // reducing over one of S consecutive ranges of the group's (batch, pixel) pairs, 16 at a time, and
 // writes its partial sum; the caller adds the S partial sums (deterministic, no atomics).
+//
+// Both kernels declare __launch_bounds__(256, 1): without the minimum of one block per SM, ptxas trimmed
+// registers to fit more blocks and spilled on sm_90.
 #include <algorithm>
 
 #include "../common/cuda_utils.h"
@@ -64,7 +67,7 @@ index_t tile_bound(const AxisPlan& plan) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads * kThreads)
+__global__ void __launch_bounds__(kThreads * kThreads, 1)
     gather_gemm_kernel(View<const T, 4> in, WeightSource<T> weight, const T* bias, index_t bias_stride,
                        AxisPlan rows, AxisPlan cols, View<T, 4> out, index_t o_tiles, index_t batch_offset) {
   using A = acc_t<T>;
@@ -140,13 +143,14 @@ __global__ void __launch_bounds__(kThreads * kThreads)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads * kThreads)
+__global__ void __launch_bounds__(kThreads * kThreads, 1)
     weight_grad_kernel(View<const T, 4> grad, View<const T, 4> in, AxisPlan rows, AxisPlan cols, acc_t<T>* partial,
                        index_t splits) {
   using A = acc_t<T>;
   __shared__ A g_slice[kDepth][kTile + 1];  // [pixel][output channel]
   __shared__ A x_slice[kDepth][kTile + 1];  // [pixel][reduction index]
   __shared__ index_t slice_b[kDepth], slice_i[kDepth], slice_j[kDepth];
+  __shared__ index_t tap_channel[kTile], tap_t[kTile], tap_u[kTile];  // the block's reduction indices, split
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int thread = ty * kThreads + tx;
   const index_t batch = in.size[0], out_channels = grad.size[1];
@@ -155,9 +159,25 @@ __global__ void __launch_bounds__(kThreads * kThreads)
   const index_t k0 = static_cast<index_t>(blockIdx.x) * kTile, o0 = static_cast<index_t>(blockIdx.y) * kTile;
   const index_t g = static_cast<index_t>(blockIdx.z) / splits, split = static_cast<index_t>(blockIdx.z) % splits;
   const index_t groups_x = cols.groups(), gy = g / groups_x, gx = g % groups_x;
-  const index_t width = cols.group_size(gx), pixels = rows.group_size(gy) * width;
+  const index_t width = cols.group_size(gx), height = rows.group_size(gy), pixels = height * width;
   const index_t total = batch * pixels, per_split = ceil_div(total, splits);
   const index_t begin = split * per_split, end = std::min(total, begin + per_split);
+
+  // Divisions happen once per block: thread t < kDepth follows pixel r = begin + t + kDepth * step of the
+  // group as (b, row, column) and advances it by kDepth per slice; threads < kTile split one reduction index.
+  index_t b = 0, row = 0, column = 0;
+  if (thread < kDepth && pixels > 0) {
+    const index_t r = begin + thread;
+    b = r / pixels;
+    row = (r % pixels) / width;
+    column = (r % pixels) % width;
+  }
+  if (thread < kTile) {
+    const Tap tap = split_reduction(std::min(k0 + thread, depth - 1), taps_y, taps_x);
+    tap_channel[thread] = tap.channel;
+    tap_t[thread] = tap.t;
+    tap_u[thread] = tap.u;
+  }
 
   A acc[kPerThread][kPerThread];
   VK_CC_UNROLL for (int a = 0; a < kPerThread; ++a)
@@ -165,22 +185,27 @@ __global__ void __launch_bounds__(kThreads * kThreads)
 
   for (index_t r0 = begin; r0 < end; r0 += kDepth) {
     if (thread < kDepth) {
-      const index_t r = r0 + thread;
-      const index_t p = r % pixels;
-      slice_b[thread] = r < end ? r / pixels : -1;
-      slice_i[thread] = r < end ? rows.member(gy, p / width) : 0;
-      slice_j[thread] = r < end ? cols.member(gx, p % width) : 0;
+      const bool live = r0 + thread < end;
+      slice_b[thread] = live ? b : -1;
+      slice_i[thread] = live ? rows.member(gy, row) : 0;
+      slice_j[thread] = live ? cols.member(gx, column) : 0;
+      column += kDepth;  // advance to pixel r + kDepth
+      while (column >= width && live) {
+        column -= width;
+        if (++row == height) {
+          row = 0;
+          ++b;
+        }
+      }
     }
     __syncthreads();
     for (int e = thread; e < kTile * kDepth; e += kThreads * kThreads) {
       const int r = e / kTile, q = e % kTile;
-      const index_t b = slice_b[r], i = slice_i[r], j = slice_j[r];
-      g_slice[r][q] = (b >= 0 && o0 + q < out_channels) ? Scalar<T>::load(grad(b, o0 + q, i, j)) : A(0);
+      const index_t pixel_b = slice_b[r], i = slice_i[r], j = slice_j[r];
+      g_slice[r][q] = (pixel_b >= 0 && o0 + q < out_channels) ? Scalar<T>::load(grad(pixel_b, o0 + q, i, j)) : A(0);
       A value = A(0);
-      if (b >= 0 && k0 + q < depth) {
-        const Tap tap = split_reduction(k0 + q, taps_y, taps_x);
-        value = gather(in, b, tap.channel, rows.taps(i, tap.t), cols.taps(j, tap.u));
-      }
+      if (pixel_b >= 0 && k0 + q < depth)
+        value = gather(in, pixel_b, tap_channel[q], rows.taps(i, tap_t[q]), cols.taps(j, tap_u[q]));
       x_slice[r][q] = value;
     }
     __syncthreads();
