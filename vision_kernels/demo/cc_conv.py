@@ -5,7 +5,7 @@
    PSNR against bicubic, and the images side by side.
 2. The misalignment of strided convolutions: a centred blob after three 3x3 / stride 2 / padding 1 layers
    has drifted by (2^3 - 1) / 2 = 3.5 original pixels; after three CC layers at scale 1/2 it is still centred.
-3. The learned resize filter of the network as a continuous function, at several scales.
+3. The taps of the network's learned image-resize filter at three scales, against its bicubic start.
 """
 
 from __future__ import annotations
@@ -94,23 +94,29 @@ def _misalignment_figure(path: Path) -> tuple[Path, dict[str, float]]:
 
 
 def _filter_figure(path: Path, net: ResizeNet) -> Path:
+    """The image-resize layer's taps (phase (0, 0), the row of taps nearest the output) at three scales."""
     layer = net.resize_image
+    prior = InterpolationFilter(1, layer.support, learned=False)
     plt = _figure()
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    offsets = torch.linspace(-3.999, 3.999, 400)
+    figure, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
     with torch.no_grad():
-        for scale in (0.6, 1.3, 2.7):
-            points = torch.stack((torch.zeros_like(offsets), offsets), dim=-1)[None, None, None]  # [1, 1, 1, 400, 2]
-            learned = layer.filter(points, (scale, scale))[0, 0, 0, :, 0, 0]
-            axes[0].plot(offsets.numpy(), learned.numpy(), label=f"scale {scale}")
-            prior = InterpolationFilter(1, layer.support, learned=False)(points, (scale, scale))[0, 0, 0, :, 0, 0]
-            axes[1].plot(offsets.numpy(), (learned - prior).numpy(), label=f"scale {scale}")
-    axes[0].set_title("learned resize filter k(0, dx, s), unnormalized over taps", fontsize=8)
-    axes[1].set_title("learned correction to bicubic", fontsize=8)
-    for axis in axes:
-        axis.set_xlabel("offset dx (input pixels)", fontsize=8)
-        axis.legend(fontsize=7)
-        axis.grid(alpha=0.3)
+        for axis, scale in zip(axes, (0.6, 1.3, 2.7), strict=True):
+            grid = layer.grid((100, 100), scale=scale)
+            offsets = grid.tap_offsets()  # [Py, Px, Kh, Kw, 2]
+            row = int(offsets[0, 0, :, 0, 0].abs().argmin())
+            dx = offsets[0, 0, row, :, 1].numpy()
+            learned = layer.weights(grid)[0, 0, 0, 0, row].numpy()  # [Kw]
+            bicubic = prior(offsets, grid.scale)[0, 0, row, :, 0, 0].numpy()
+            axis.plot(dx, bicubic, "o--", color="gray", label="bicubic (initial)")
+            axis.plot(dx, learned, "o-", color="tab:red", label="learned")
+            axis.axhline(0, color="black", lw=0.5)
+            axis.set_title(
+                f"scale {scale}: taps of phase (0, 0), row dy = {float(offsets[0, 0, row, 0, 0]):+.2f}", fontsize=8
+            )
+            axis.set_xlabel("offset dx (input pixels)", fontsize=8)
+            axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle("The CC resize layer's continuous filter, evaluated on each call's grid", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
