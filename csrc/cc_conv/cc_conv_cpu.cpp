@@ -30,7 +30,7 @@ namespace vk::cc_conv {
 namespace {
 
 constexpr index_t kChunk = 1024;                // pixels per reduction chunk of weight_grad
-constexpr index_t kPackedBudget = 8 << 20;      // bytes of packed weights held at a time by gather_gemm
+constexpr index_t kPackedBudget = 2 << 20;      // bytes of packed weights held at a time by gather_gemm
 
 struct Plans {
   AxisPlan rows, cols;

@@ -338,6 +338,12 @@ def bad_cases() -> list:
         ((x[0], w, b), {"scale": 1.5}, ValueError, r"argument 'input' must have 4 dimensions \[B, C, H, W\], got 3"),
         ((x, w[0], b), {"scale": 1.5}, ValueError, r"argument 'weight' must have 6 dimensions"),
         (
+            (torch.randn(1, 3, 0, 10), w, b),
+            {"scale": 1.5},
+            ValueError,
+            r"argument 'input' must have size >= 1 in dimension 2 \(H\), got shape \[1, 3, 0, 10\]",
+        ),
+        (
             (x, w, b),
             {"scale": 1.5, "padding_mode": "reflect"},
             ValueError,
@@ -374,6 +380,23 @@ def test_bad_input_emulated() -> None:
         emulated(OPS.cc_conv2d)(
             x / 0 * 0, torch.randn(*grid.phases, 4, 3, 3, 3), b, [15, 15], [1.5, 1.5], "zeros", True
         )
+
+
+def test_bad_input_to_the_gradient_ops() -> None:
+    grid = cc_conv2d_grid((10, 10), 3, scale=1.5)
+    grad, w, x = torch.randn(2, 4, 15, 15), torch.randn(*grid.phases, 4, 3, 3, 3), torch.randn(2, 3, 10, 10)
+    with pytest.raises(ValueError, match=r"vision_kernels\.cc_conv2d_grad_input: argument 'weight' must have 3 phases"):
+        OPS.cc_conv2d_grad_input(grad, w[:2], [10, 10], [1.5, 1.5], "zeros")
+    with pytest.raises(
+        ValueError, match=r"vision_kernels\.cc_conv2d_grad_input: argument 'weight' must have size 3 in dimension 2 \(O"
+    ):
+        OPS.cc_conv2d_grad_input(grad[:, :3], w, [10, 10], [1.5, 1.5], "zeros")
+    with pytest.raises(ValueError, match=r"vision_kernels\.cc_conv2d_grad_weight: argument 'grad' must have size 2 in"):
+        OPS.cc_conv2d_grad_weight(grad[:1], x, [3, 3], [1.5, 1.5], "zeros")
+    with pytest.raises(TypeError, match=r"vision_kernels\.cc_conv2d_grad_weight: argument 'input' must have the dtype"):
+        OPS.cc_conv2d_grad_weight(grad, x.double(), [3, 3], [1.5, 1.5], "zeros")
+    with pytest.raises(ValueError, match=r"cc_conv2d_grad_weight: argument 'weight' is too small for the scale"):
+        OPS.cc_conv2d_grad_weight(torch.randn(2, 4, 2, 2), x, [1, 1], [0.2, 0.2], "zeros")
 
 
 def test_nan_propagates_when_unchecked() -> None:
