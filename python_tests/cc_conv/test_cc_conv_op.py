@@ -129,6 +129,17 @@ def test_empty_batch_and_channels(kernel) -> None:
     assert kernel(x, w, b, grid).shape == (2, 0, *grid.out_size)
 
 
+@pytest.mark.parametrize("emulate", [False, pytest.param(True, marks=pytest.mark.emulation)])
+def test_gradients_of_an_empty_batch(emulate: bool) -> None:
+    grid, x, w, b = make(CASES[0], torch.float32, batch=0)
+    grad = torch.randn(0, 5, *grid.out_size)
+    grad_input, grad_weight = OPS.cc_conv2d_grad_input, OPS.cc_conv2d_grad_weight
+    if emulate:
+        grad_input, grad_weight = emulated(grad_input), emulated(grad_weight)
+    assert grad_input(grad, w, [9, 11], list(grid.scale), "zeros").shape == x.shape
+    assert torch.equal(grad_weight(grad, x, [3, 3], list(grid.scale), "zeros"), torch.zeros_like(w))
+
+
 def test_generic_micro_kernel_matches() -> None:
     # The portable micro-kernels (used on CPUs without AVX-512) against the reference.
     module = _native.cpu_module()

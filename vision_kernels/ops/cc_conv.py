@@ -127,9 +127,9 @@ def _gather_gemm(call, input, weight, bias, rows, cols, out, *stream):  # type: 
     pairs through which the forward weight is read. Temporaries stay referenced until the call returns.
     """
     bias = bias if bias is not None else _none(input)
-    row_pairs, col_pairs = (
-        plan.pairs.to(input.device) if plan.pairs is not None else _none(input, torch.int64) for plan in (rows, cols)
-    )
+    row_pairs, col_pairs = (plan.pairs_on(input.device) for plan in (rows, cols))
+    if row_pairs is None or col_pairs is None:
+        row_pairs = col_pairs = _none(input, torch.int64)
     ref = _native.tensor_ref
     call(
         ref(input),

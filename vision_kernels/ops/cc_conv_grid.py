@@ -294,12 +294,17 @@ class AxisPlan:
 
     def tensors(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(taps, group, order, offsets)`` on ``device`` (cached per device)."""
-        return _plan_on_device(self, str(device))
+        return _plan_on_device(self, str(device))[:4]  # type: ignore[return-value]
+
+    def pairs_on(self, device: torch.device) -> Tensor | None:
+        """``pairs`` on ``device`` (cached per device), None for a forward plan."""
+        return _plan_on_device(self, str(device))[4]
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_on_device(plan: AxisPlan, device: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(t.to(device) for t in (plan.taps, plan.group, plan.order, plan.offsets))  # type: ignore[return-value]
+def _plan_on_device(plan: AxisPlan, device: str) -> tuple[Tensor | None, ...]:
+    tables = (plan.taps, plan.group, plan.order, plan.offsets, plan.pairs)
+    return tuple(None if t is None else t.to(device) for t in tables)
 
 
 def _sorted_plan(taps: np.ndarray, group: np.ndarray, groups: int, pairs: np.ndarray | None) -> AxisPlan:
