@@ -18,6 +18,7 @@ from typing import TextIO
 SECTIONS: dict[str, str] = {
     "distance": "vision_kernels.demo.distance",
     "clip": "vision_kernels.demo.clip",
+    "cc_conv": "vision_kernels.demo.cc_conv",
 }
 
 

@@ -7,6 +7,8 @@ Public functions accept torch tensors, and numpy (CPU) or cupy (GPU) arrays thro
 """
 
 from .attention_decomp import attention_decomposition
+from .cc_conv import cc_conv2d
+from .cc_conv_grid import cc_conv2d_grid
 from .distance import sq_l2_distance
 
-__all__ = ["attention_decomposition", "sq_l2_distance"]
+__all__ = ["attention_decomposition", "cc_conv2d", "cc_conv2d_grid", "sq_l2_distance"]
