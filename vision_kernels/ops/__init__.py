@@ -7,5 +7,13 @@ Public functions accept torch tensors, and numpy (CPU) or cupy (GPU) arrays thro
 """
 
 from .distance import sq_l2_distance
+from .patch_nn import PatchNNResult, patch_match, patch_nn, patch_vote, valid_patch_mask
 
-__all__ = ["sq_l2_distance"]
+__all__ = [
+    "sq_l2_distance",
+    "patch_nn",
+    "patch_match",
+    "patch_vote",
+    "PatchNNResult",
+    "valid_patch_mask",
+]
