@@ -432,10 +432,11 @@ VK_HOST_DEVICE VK_FORCE_INLINE void match_consider(const MatchInputs<T>& in, con
   if (better(score, key, best.score, best.key)) best = MatchState{key, score, ssd};
 }
 
-// Random-search radius schedule and propagation step of iteration `iteration` (0-based): the
-// propagation looks at neighbours 1 and `jump` away along t, y and x, jump = 8, 4, 2, 1, 1, ...
+// Propagation step of iteration `iteration` (0-based): the propagation looks at neighbours 1 and
+// `jump` away along t, y and x, jump = 16, 8, 4, 2, 1, 16, 8, ... (long jumps carry good matches
+// across the grid in a few synchronous steps, as in jump flooding).
 VK_HOST_DEVICE VK_FORCE_INLINE index_t match_jump(index_t iteration) {
-  return iteration >= 3 ? 1 : (index_t(8) >> iteration);
+  return index_t(16) >> (iteration % 5);
 }
 
 // First state of query `q` (flat): the initial guess `init` (-1: none) and 4 random keys (and the

@@ -589,8 +589,8 @@ def patch_match(
 
     Minimizes the same score as :func:`patch_nn` (``D``, or ``D / (alpha + min_q D)``), but visits only
     a few candidates per query: initial guesses (``init``, random keys), then ``iterations``
-    synchronous steps of propagation from neighbours (1 and 8, 4, 2, 1, ... positions away along t, y
-    and x) and random search around the current best with halving radii. Candidates are scored in
+    synchronous steps of propagation from neighbours (1 and 16, 8, 4, 2, 1, 16, ... positions away along
+    t, y and x) and random search around the current best with halving radii. Candidates are scored in
     the exact arithmetic, so a returned distance is the true ``D`` of the returned key, and the same
     seed gives the same result on CPU and CUDA, whatever the thread count. With ``alpha``, the
     per-key minima ``min_q D(q, k)`` are themselves estimated by a PatchMatch from keys to queries

@@ -317,7 +317,7 @@ class _MatchReference:
         qext, kext = (qt, qh, qw), (kt, kh, kw)
         qstride, kstride = (qh * qw, qw, 1), (kh * kw, kw, 1)
         old_key = self.key.clone()
-        jump = 1 if iteration >= 3 else 8 >> iteration
+        jump = 16 >> (iteration % 5)
         for axis in range(3):
             for distance in (jump, 1) if jump > 1 else (1,):
                 for sign in (-1, 1):
@@ -368,8 +368,8 @@ def patch_match(
     """PatchMatch exactly as the kernels run it: ``(index, ssd)`` over the query grid.
 
     Initial guesses (``init``, 4 random keys, a scan to the first valid key when none is valid),
-    then ``iterations`` synchronous steps of propagation (neighbours 1 and 8, 4, 2, 1, ... away along
-    t, y and x) and random search (radii halving from the key grid's extent), comparing candidates
+    then ``iterations`` synchronous steps of propagation (neighbours 1 and 16, 8, 4, 2, 1, 16, ... away
+    along t, y and x) and random search (radii halving from the key grid's extent), comparing candidates
     by score (``ssd`` or ``ssd * (1 / key_den)``) then key index. Random numbers come from the counter-based
     generator of the kernels. Masked queries get index -1 and ssd +inf.
     """
