@@ -295,6 +295,10 @@ void patch_nn_typed(const ArgCheck& check, const TensorRef& queries, const Tenso
   const PatchLayout lk = make_layout(keys, pt, ph, pw);
   const PatchSet<T> q = make_patch_set<T>(queries, query_mask, lq);
   const PatchSet<T> k = make_patch_set<T>(keys, key_mask, lk);
+  VK_CHECK(q.size() > 0 || lq.grid_size() == 0, ErrorKind::Value, check.function(),
+           ": argument 'query_mask' must select at least one query position, got all False");
+  VK_CHECK(k.size() > 0, ErrorKind::Value, check.function(),
+           ": argument 'key_mask' must select at least one key position, got all False");
   auto* index = static_cast<std::int64_t*>(out_index.data);
   const index_t grid = lq.grid_size();
   std::fill(index, index + grid, std::int64_t(-1));
@@ -305,11 +309,7 @@ void patch_nn_typed(const ArgCheck& check, const TensorRef& queries, const Tenso
       static_cast<float*>(out_distance.data)[flat] = static_cast<float>(value);
   };
   for (index_t f = 0; f < grid; ++f) store_distance(f, std::numeric_limits<double>::infinity());
-  if (grid == 0) return;
-  VK_CHECK(q.size() > 0, ErrorKind::Value, check.function(),
-           ": argument 'query_mask' must select at least one query position, got all False");
-  VK_CHECK(k.size() > 0, ErrorKind::Value, check.function(),
-           ": argument 'key_mask' must select at least one key position, got all False");
+  if (q.size() == 0) return;
 
   // float32 screening needs |x|^2 sums far from overflow; larger inputs are screened in float64.
   const bool wide = std::is_same_v<T, double> || std::max(max_abs<T>(queries), max_abs<T>(keys)) > 1e15;
