@@ -41,11 +41,16 @@ def level_scales(
     if coarsest < 1:
         raise ValueError(f"vision_kernels.patchnn: argument 'coarsest' must be >= 1, got {coarsest}")
     depth = max(0, math.ceil(math.log(side / coarsest) / math.log(ratio) - 1e-9)) if side > coarsest else 0
-    scales = []
+    scales: list[tuple[float, float]] = []
     for i in range(depth + 1):
         spatial = ratio**-i if i < depth else min(1.0, coarsest / side)
         temporal = max(temporal_ratio**-i, min(1.0, coarsest_frames / frames))
-        scales.append((temporal, spatial))
+        if scales and round(side * spatial) == round(side * scales[-1][1]) and round(frames * temporal) == round(
+            frames * scales[-1][0]
+        ):
+            scales[-1] = (temporal, spatial)  # the coarsest level rounds to the previous one: merge them
+        else:
+            scales.append((temporal, spatial))
     return scales
 
 
