@@ -44,6 +44,9 @@ class GPNNConfig:
         temporal_ratio: temporal downscale between levels (1: none; videos only).
         coarsest_frames: fewest frames at any level (videos only).
         iterations: PNN steps per level (10).
+        coarsest_iterations: PNN steps at the coarsest level (None: ``iterations``). Repeated steps
+            at the coarsest level drift toward the source's own layout (the identity match is a
+            fixed point that spreads), so fewer steps there keep random samples diverse.
         alpha: completeness weight of the normalized score on the scale of ``D``, the mean squared
             difference of [0, 1] pixels (0.005); ``None`` for plain nearest neighbours.
         noise_std: standard deviation of the noise added to the coarsest initial guess of random
@@ -61,6 +64,7 @@ class GPNNConfig:
     temporal_ratio: float = 1.0
     coarsest_frames: int = 1
     iterations: int = 10
+    coarsest_iterations: int | None = None
     alpha: float | None = 0.005
     noise_std: float = 0.75
     search: str = "exact"
@@ -77,6 +81,8 @@ class GPNNConfig:
             raise ValueError(f"{name}: search='faiss' needs alpha=None (FAISS has no normalized score)")
         if self.iterations < 1:
             raise ValueError(f"{name}: argument 'iterations' must be >= 1, got {self.iterations}")
+        if self.coarsest_iterations is not None and self.coarsest_iterations < 1:
+            raise ValueError(f"{name}: argument 'coarsest_iterations' must be >= 1, got {self.coarsest_iterations}")
         if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise ValueError(f"{name}: argument 'alpha' must be None or > 0, got {self.alpha}")
         if self.noise_std < 0:
@@ -203,7 +209,12 @@ def synthesize(
         holes = [resize(hole.float()[..., None], s)[..., 0] > 0 for s in source_shapes]
     y = resize(coarse_guess, output_shapes[-1]) if tuple(coarse_guess.shape[:3]) != output_shapes[-1] else coarse_guess
     levels = len(source_shapes)
-    steps = [(level, step) for level in reversed(range(levels)) for step in range(config.iterations)]
+    coarsest_steps = config.iterations if config.coarsest_iterations is None else config.coarsest_iterations
+    steps = [
+        (level, step)
+        for level in reversed(range(levels))
+        for step in range(coarsest_steps if level == levels - 1 else config.iterations)
+    ]
     index = None
     for level, step in progress(steps, desc="GPNN", enabled=config.progress):
         values = sources[level]
