@@ -16,14 +16,33 @@ OP = torch.ops.vision_kernels.patch_match
 
 
 def cpu_kernel(q, k, patch, **kwargs):
-    return OP(q, k, kwargs.get("query_mask"), kwargs.get("key_mask"), kwargs.get("key_den"),
-              *normalize_patch_size(patch), kwargs.get("iterations", 4), kwargs.get("seed", 0), kwargs.get("init"), True)
+    return OP(
+        q,
+        k,
+        kwargs.get("query_mask"),
+        kwargs.get("key_mask"),
+        kwargs.get("key_den"),
+        *normalize_patch_size(patch),
+        kwargs.get("iterations", 4),
+        kwargs.get("seed", 0),
+        kwargs.get("init"),
+        True,
+    )
 
 
 def cuda_emulated(q, k, patch, **kwargs):
-    return emulated(OP)(q, k, kwargs.get("query_mask"), kwargs.get("key_mask"), kwargs.get("key_den"),
-                        *normalize_patch_size(patch), kwargs.get("iterations", 4), kwargs.get("seed", 0),
-                        kwargs.get("init"), True)
+    return emulated(OP)(
+        q,
+        k,
+        kwargs.get("query_mask"),
+        kwargs.get("key_mask"),
+        kwargs.get("key_den"),
+        *normalize_patch_size(patch),
+        kwargs.get("iterations", 4),
+        kwargs.get("seed", 0),
+        kwargs.get("init"),
+        True,
+    )
 
 
 KERNELS = [
@@ -64,10 +83,13 @@ def test_distances_are_exact_for_the_returned_keys(skimage_image) -> None:
     x = skimage_image("astronaut", 32)
     y = torch.roll(x, (5, 9), (0, 1))
     approx = patch_match(y, x, 5, iterations=4, seed=1)
-    exact_distance = reference.ssd_matrix_rows(
-        reference.unfold_patches(y[None], 5).reshape(-1, 75),
-        reference.unfold_patches(x[None], 5).reshape(-1, 75)[approx.index.reshape(-1)],
-    ) / 75
+    exact_distance = (
+        reference.ssd_matrix_rows(
+            reference.unfold_patches(y[None], 5).reshape(-1, 75),
+            reference.unfold_patches(x[None], 5).reshape(-1, 75)[approx.index.reshape(-1)],
+        )
+        / 75
+    )
     assert torch.equal(approx.distance.reshape(-1), exact_distance.float())
 
 
@@ -117,7 +139,11 @@ BAD = [
     ({"seed": -5}, ValueError, r"argument 'seed' must be in \[0, 2\*\*63\)"),
     ({"alpha": -1.0}, ValueError, r"argument 'alpha' must be None or a finite number > 0"),
     ({"init": torch.zeros(1, 3, 3, dtype=torch.long)}, ValueError, r"argument 'init' must have shape \[1, 4, 4\]"),
-    ({"key_mask": torch.zeros(1, 4, 4, dtype=torch.bool)}, ValueError, r"argument 'key_mask' must select at least one key"),
+    (
+        {"key_mask": torch.zeros(1, 4, 4, dtype=torch.bool)},
+        ValueError,
+        r"argument 'key_mask' must select at least one key",
+    ),
 ]
 
 

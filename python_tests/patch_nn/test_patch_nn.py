@@ -36,9 +36,7 @@ KERNELS = [
 
 def assert_exact(kernel, q, k, patch, alpha=None, query_mask=None, key_mask=None) -> PatchNNResult:
     got = kernel(q, k, patch, alpha=alpha, query_mask=query_mask, key_mask=key_mask)
-    want_index, want_distance = reference.patch_nn(
-        q, k, patch, alpha=alpha, query_mask=query_mask, key_mask=key_mask
-    )
+    want_index, want_distance = reference.patch_nn(q, k, patch, alpha=alpha, query_mask=query_mask, key_mask=key_mask)
     assert got.index.dtype == torch.long and got.index.shape == want_index.shape
     assert got.distance.dtype == want_distance.dtype
     mismatch = (got.index != want_index).nonzero()
@@ -123,7 +121,10 @@ def test_strided_and_broadcast_inputs(kernel) -> None:
 def test_extreme_magnitudes_stay_exact(kernel, scale) -> None:
     # 1e17: beyond the float32 screening range (screened in float64); 1e-30: products underflow.
     g = torch.Generator().manual_seed(5)
-    q, k = torch.rand((1, 8, 9, 2), generator=g).double() * scale, torch.rand((1, 9, 8, 2), generator=g).double() * scale
+    q, k = (
+        torch.rand((1, 8, 9, 2), generator=g).double() * scale,
+        torch.rand((1, 9, 8, 2), generator=g).double() * scale,
+    )
     for alpha in (None, 0.3):
         assert_exact(kernel, q.float(), k.float(), 3, None if alpha is None else alpha * scale**2)
 
@@ -192,7 +193,9 @@ def test_property_equals_reference(t, h, w, c, pt, ph, pw, levels, normalized, s
 
 def test_image_inputs_give_image_grids() -> None:
     q, k = torch.rand(10, 12, 3), torch.rand(9, 9, 3)
-    result = patch_nn(q, k, 3, query_mask=torch.ones(8, 10, dtype=torch.bool), key_mask=torch.ones(7, 7, dtype=torch.bool))
+    result = patch_nn(
+        q, k, 3, query_mask=torch.ones(8, 10, dtype=torch.bool), key_mask=torch.ones(7, 7, dtype=torch.bool)
+    )
     assert result.index.shape == (8, 10) and result.distance.shape == (8, 10)
     video = patch_nn(q[None], k[None], 3)
     assert torch.equal(video.index[0], result.index)
@@ -275,23 +278,102 @@ def test_valid_patch_mask() -> None:
 
 BAD = [
     (lambda: (torch.rand(5, 5), torch.rand(5, 5, 3), 3, {}), ValueError, r"argument 'queries' must have 4 dimensions"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 2), 3, {}), ValueError, r"argument 'keys' must have size 3 in dimension 3"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 4, 9, 3), 5, {}), ValueError, r"argument 'patch_size' \(1, 5, 5\) must fit in 'keys' of shape \[1, 4, 9, 3\]"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), (2, 3, 3), {}), ValueError, r"argument 'patch_size' \(2, 3, 3\) must fit in 'queries'"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 0, {}), ValueError, r"argument 'patch_size' must be positive"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 2.5, {}), TypeError, r"argument 'patch_size' must be an int"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3).double(), 3, {}), TypeError, r"argument 'keys' must have the dtype of 'queries'"),
-    (lambda: (torch.rand(1, 5, 5, 3).int(), torch.rand(1, 5, 5, 3).int(), 3, {}), TypeError, r"argument 'queries' must have dtype in"),
-    (lambda: (torch.rand(1, 5, 5, 0), torch.rand(1, 5, 5, 0), 3, {}), ValueError, r"argument 'queries' must have size >= 1 in dimension 3"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"key_mask": torch.ones(1, 3, 4, dtype=torch.bool)}), ValueError, r"argument 'key_mask' must have shape \[1, 3, 3\]"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"query_mask": torch.ones(1, 3, 3)}), TypeError, r"argument 'query_mask' must have dtype in \{bool\}"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"key_mask": torch.zeros(1, 3, 3, dtype=torch.bool)}), ValueError, r"argument 'key_mask' must select at least one key position, got all False"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"query_mask": torch.zeros(1, 3, 3, dtype=torch.bool)}), ValueError, r"argument 'query_mask' must select at least one query position"),
-    (lambda: (torch.tensor([[[[0.0, float("nan"), 0.0]]]]).expand(1, 4, 4, 3), torch.rand(1, 5, 5, 3), 3, {}), ValueError, r"argument 'queries' must be finite \(no NaN or Inf\), got nan"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.full((1, 5, 5, 3), float("inf")), 3, {}), ValueError, r"argument 'keys' must be finite"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"alpha": 0.0}), ValueError, r"argument 'alpha' must be None or a finite number > 0, got 0.0"),
-    (lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"alpha": float("inf")}), ValueError, r"argument 'alpha' must be None or a finite number > 0"),
-]  # fmt: skip
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 2), 3, {}),
+        ValueError,
+        r"argument 'keys' must have size 3 in dimension 3",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 4, 9, 3), 5, {}),
+        ValueError,
+        r"argument 'patch_size' \(1, 5, 5\) must fit in 'keys' of shape \[1, 4, 9, 3\]",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), (2, 3, 3), {}),
+        ValueError,
+        r"argument 'patch_size' \(2, 3, 3\) must fit in 'queries'",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 0, {}),
+        ValueError,
+        r"argument 'patch_size' must be positive",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 2.5, {}),
+        TypeError,
+        r"argument 'patch_size' must be an int",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3).double(), 3, {}),
+        TypeError,
+        r"argument 'keys' must have the dtype of 'queries'",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3).int(), torch.rand(1, 5, 5, 3).int(), 3, {}),
+        TypeError,
+        r"argument 'queries' must have dtype in",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 0), torch.rand(1, 5, 5, 0), 3, {}),
+        ValueError,
+        r"argument 'queries' must have size >= 1 in dimension 3",
+    ),
+    (
+        lambda: (
+            torch.rand(1, 5, 5, 3),
+            torch.rand(1, 5, 5, 3),
+            3,
+            {"key_mask": torch.ones(1, 3, 4, dtype=torch.bool)},
+        ),
+        ValueError,
+        r"argument 'key_mask' must have shape \[1, 3, 3\]",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"query_mask": torch.ones(1, 3, 3)}),
+        TypeError,
+        r"argument 'query_mask' must have dtype in \{bool\}",
+    ),
+    (
+        lambda: (
+            torch.rand(1, 5, 5, 3),
+            torch.rand(1, 5, 5, 3),
+            3,
+            {"key_mask": torch.zeros(1, 3, 3, dtype=torch.bool)},
+        ),
+        ValueError,
+        r"argument 'key_mask' must select at least one key position, got all False",
+    ),
+    (
+        lambda: (
+            torch.rand(1, 5, 5, 3),
+            torch.rand(1, 5, 5, 3),
+            3,
+            {"query_mask": torch.zeros(1, 3, 3, dtype=torch.bool)},
+        ),
+        ValueError,
+        r"argument 'query_mask' must select at least one query position",
+    ),
+    (
+        lambda: (torch.tensor([[[[0.0, float("nan"), 0.0]]]]).expand(1, 4, 4, 3), torch.rand(1, 5, 5, 3), 3, {}),
+        ValueError,
+        r"argument 'queries' must be finite \(no NaN or Inf\), got nan",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.full((1, 5, 5, 3), float("inf")), 3, {}),
+        ValueError,
+        r"argument 'keys' must be finite",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"alpha": 0.0}),
+        ValueError,
+        r"argument 'alpha' must be None or a finite number > 0, got 0.0",
+    ),
+    (
+        lambda: (torch.rand(1, 5, 5, 3), torch.rand(1, 5, 5, 3), 3, {"alpha": float("inf")}),
+        ValueError,
+        r"argument 'alpha' must be None or a finite number > 0",
+    ),
+]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -308,7 +390,9 @@ def test_bad_input(kernel, make, error, message) -> None:
 def test_bad_argument_types_and_devices() -> None:
     with pytest.raises(TypeError, match=r"argument 'queries' must be a torch.Tensor, numpy.ndarray or cupy.ndarray"):
         patch_nn([[1.0]], torch.rand(3, 3, 1), 1)
-    with pytest.raises(ValueError, match=r"arguments 'queries' and 'keys' must be on the same device, got cpu and meta"):
+    with pytest.raises(
+        ValueError, match=r"arguments 'queries' and 'keys' must be on the same device, got cpu and meta"
+    ):
         patch_nn(torch.rand(1, 5, 5, 3), torch.empty(1, 5, 5, 3, device="meta"), 3)
 
 
@@ -320,8 +404,12 @@ def test_native_core_checks_its_own_arguments() -> None:
     mask = torch.ones(1, 4, 4, dtype=torch.bool)
     index, distance = torch.empty(1, 4, 4, dtype=torch.long), torch.empty(1, 4, 5)
     with pytest.raises(ValueError, match=r"argument 'out_distance' must have shape \[1, 4, 4\]"):
-        _native.cpu_module().patch_nn_cpu(ref(q), ref(q), ref(mask), ref(mask), 1, 3, 3, float("nan"), ref(index), ref(distance))
+        _native.cpu_module().patch_nn_cpu(
+            ref(q), ref(q), ref(mask), ref(mask), 1, 3, 3, float("nan"), ref(index), ref(distance)
+        )
     empty = torch.zeros(1, 4, 4, dtype=torch.bool)
     distance = torch.empty(1, 4, 4)  # kept alive: the core writes through its pointer
     with pytest.raises(ValueError, match=r"argument 'key_mask' must select at least one key position"):
-        _native.cpu_module().patch_nn_cpu(ref(q), ref(q), ref(mask), ref(empty), 1, 3, 3, float("nan"), ref(index), ref(distance))
+        _native.cpu_module().patch_nn_cpu(
+            ref(q), ref(q), ref(mask), ref(empty), 1, 3, 3, float("nan"), ref(index), ref(distance)
+        )

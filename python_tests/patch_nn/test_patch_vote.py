@@ -34,12 +34,18 @@ def check(kernel, values, index, patch, reduction, *, sigma=None, weights=None, 
     got = kernel(values, index, patch, reduction=reduction, sigma=sigma, weights=weights, fill=fill)
     p = normalize_patch_size(patch)
     want = reference.patch_vote(
-        values, index, p, reduction=reduction, sigma=default_vote_sigma(p) if sigma is None else sigma,
-        weights=weights, fill=fill,
+        values,
+        index,
+        p,
+        reduction=reduction,
+        sigma=default_vote_sigma(p) if sigma is None else sigma,
+        weights=weights,
+        fill=fill,
     )
     assert got.dtype == values.dtype and got.shape == want.shape
-    torch.testing.assert_close(got.double(), want.double(), rtol=1e-5 if values.dtype != torch.float64 else 1e-12,
-                               atol=atol)
+    torch.testing.assert_close(
+        got.double(), want.double(), rtol=1e-5 if values.dtype != torch.float64 else 1e-12, atol=atol
+    )
     return got
 
 
@@ -113,16 +119,49 @@ def test_opcheck_and_meta() -> None:
 
 
 BAD = [
-    (lambda: (torch.rand(1, 6, 6, 2), torch.randint(0, 16, (1, 4, 4)).int(), {}), TypeError, r"argument 'index' must have dtype in \{int64\}"),
-    (lambda: (torch.rand(1, 6, 6, 2), torch.full((1, 4, 4), 16), {}), IndexError, r"argument 'index' must hold flat indices into the value patch grid of 16 positions \(or -1\), got values in \[16, 16\]"),
-    (lambda: (torch.rand(1, 6, 6, 2), torch.full((1, 4, 4), -2), {}), IndexError, r"argument 'index' must hold flat indices"),
-    (lambda: (torch.rand(1, 6, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {"reduction": "max"}), ValueError, r"argument 'reduction' must be one of 'mean', 'gaussian', 'median', got 'max'"),
-    (lambda: (torch.rand(1, 6, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {"sigma": (0.0, 1.0)}), ValueError, r"argument 'sigma' must be > 0"),
-    (lambda: (torch.rand(1, 6, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {"weights": -torch.ones(1, 4, 4)}), ValueError, r"argument 'weights' must be >= 0"),
-    (lambda: (torch.rand(1, 6, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {"weights": torch.ones(1, 4, 3)}), ValueError, r"argument 'weights' must have shape \[1, 4, 4\]"),
-    (lambda: (torch.rand(1, 2, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {}), ValueError, r"argument 'patch_size' \(1, 3, 3\) must fit in 'values'"),
+    (
+        lambda: (torch.rand(1, 6, 6, 2), torch.randint(0, 16, (1, 4, 4)).int(), {}),
+        TypeError,
+        r"argument 'index' must have dtype in \{int64\}",
+    ),
+    (
+        lambda: (torch.rand(1, 6, 6, 2), torch.full((1, 4, 4), 16), {}),
+        IndexError,
+        r"argument 'index' must hold flat indices into the value patch grid of 16 positions \(or -1\), "
+        r"got values in \[16, 16\]",
+    ),
+    (
+        lambda: (torch.rand(1, 6, 6, 2), torch.full((1, 4, 4), -2), {}),
+        IndexError,
+        r"argument 'index' must hold flat indices",
+    ),
+    (
+        lambda: (torch.rand(1, 6, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {"reduction": "max"}),
+        ValueError,
+        r"argument 'reduction' must be one of 'mean', 'gaussian', 'median', got 'max'",
+    ),
+    (
+        lambda: (torch.rand(1, 6, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {"sigma": (0.0, 1.0)}),
+        ValueError,
+        r"argument 'sigma' must be > 0",
+    ),
+    (
+        lambda: (torch.rand(1, 6, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {"weights": -torch.ones(1, 4, 4)}),
+        ValueError,
+        r"argument 'weights' must be >= 0",
+    ),
+    (
+        lambda: (torch.rand(1, 6, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {"weights": torch.ones(1, 4, 3)}),
+        ValueError,
+        r"argument 'weights' must have shape \[1, 4, 4\]",
+    ),
+    (
+        lambda: (torch.rand(1, 2, 6, 2), torch.zeros(1, 4, 4, dtype=torch.long), {}),
+        ValueError,
+        r"argument 'patch_size' \(1, 3, 3\) must fit in 'values'",
+    ),
     (lambda: (torch.rand(6, 6, 2), torch.zeros(4, 4), {}), TypeError, r"argument 'index' must have dtype in \{int64\}"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("make", "error", "message"), BAD)

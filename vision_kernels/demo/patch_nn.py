@@ -44,9 +44,12 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     samples = [generate(source, seed=seed, config=config) for seed in (1, 2, 3)]
     seconds = (time.perf_counter() - started) / len(samples)
     panels = [("source", _np(source))] + [
-        (f"seed {s}: patch D {mean_patch_distance(x, source):.1e}", _np(x)) for s, x in zip((1, 2, 3), samples, strict=True)
+        (f"seed {s}: patch D {mean_patch_distance(x, source):.1e}", _np(x))
+        for s, x in zip((1, 2, 3), samples, strict=True)
     ]
-    files.append(save_panels(out_dir / "gpnn_generation.png", panels, title=f"GPNN random samples ({seconds:.1f} s each)"))
+    files.append(
+        save_panels(out_dir / "gpnn_generation.png", panels, title=f"GPNN random samples ({seconds:.1f} s each)")
+    )
     files.append(write_image(out_dir / "gpnn_sample.png", samples[0]))
 
     scene = _image("astronaut", height)
@@ -96,7 +99,10 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
                 ("queries (reshuffled)", _np(shuffled)),
                 (f"exact: source x ({exact_s * 1e3:.0f} ms)", (exact.index % grid_w).float().numpy()),
                 (f"PatchMatch: source x ({approx_s * 1e3:.0f} ms)", (approx.index % grid_w).float().numpy()),
-                (f"PatchMatch D / exact D (recall {recall:.2f})", (approx.distance / exact.distance.clamp(min=1e-6)).numpy()),
+                (
+                    f"PatchMatch D / exact D (recall {recall:.2f})",
+                    (approx.distance / exact.distance.clamp(min=1e-6)).numpy(),
+                ),
             ],
             title="Nearest source patch of every query patch",
         )

@@ -114,15 +114,18 @@ def _check_inputs(function: str, queries: Tensor, keys: Tensor, patch: tuple[int
             check.fail("patch_size", f"{patch} must fit in '{name}' of shape {shape_string(t.shape)} [T, H, W, C]")
 
 
-def _check_mask(function: str, mask: Tensor | None, name: str, grid: tuple[int, int, int], device: torch.device) -> None:
+def _check_mask(
+    function: str, mask: Tensor | None, name: str, grid: tuple[int, int, int], device: torch.device
+) -> None:
     if mask is None:
         return
     check = ArgCheck(function)
     check.dtype(mask, name, (torch.bool,))
     check.shape(mask, name, grid, "(the patch grid)")
     if mask.device != device:
-        raise ValueError(f"{function}: arguments 'queries' and '{name}' must be on the same device, got {device} "
-                         f"and {mask.device}")
+        raise ValueError(
+            f"{function}: arguments 'queries' and '{name}' must be on the same device, got {device} and {mask.device}"
+        )
 
 
 def _mask_or_all(mask: Tensor | None, grid: tuple[int, int, int], device: torch.device) -> Tensor:
@@ -226,8 +229,21 @@ def _launch_patch_nn_cuda(
     wide = queries.dtype == torch.float64 or _largest_magnitude(queries, keys) > _FLOAT_SCREEN_LIMIT
     ref = _native.tensor_ref
     native.patch_nn_cuda(  # type: ignore[attr-defined]
-        ref(queries), ref(keys), ref(qm), ref(km), pt, ph, pw, a, wide, ref(index), ref(distance),
-        ref(workspace_f64), ref(workspace_f32), ref(workspace_i64), stream,
+        ref(queries),
+        ref(keys),
+        ref(qm),
+        ref(km),
+        pt,
+        ph,
+        pw,
+        a,
+        wide,
+        ref(index),
+        ref(distance),
+        ref(workspace_f64),
+        ref(workspace_f32),
+        ref(workspace_i64),
+        stream,
     )
     return index, distance
 
@@ -336,11 +352,23 @@ def _check_vote(values: Tensor, index: Tensor, weights: Tensor | None, patch: tu
         check.floating(weights, "weights")
         check.shape(weights, "weights", index.shape, "(the query patch grid)")
         check.same_device(values, "values", weights, "weights")
-    return (index.shape[0] + patch[0] - 1, index.shape[1] + patch[1] - 1, index.shape[2] + patch[2] - 1, values.shape[3])
+    return (
+        index.shape[0] + patch[0] - 1,
+        index.shape[1] + patch[1] - 1,
+        index.shape[2] + patch[2] - 1,
+        values.shape[3],
+    )
 
 
 def _prepare_vote(
-    values: Tensor, index: Tensor, weights: Tensor | None, pt: int, ph: int, pw: int, reduction: str, sigma_t: float,
+    values: Tensor,
+    index: Tensor,
+    weights: Tensor | None,
+    pt: int,
+    ph: int,
+    pw: int,
+    reduction: str,
+    sigma_t: float,
     sigma_s: float,
 ) -> tuple[Tensor, Tensor, int]:
     patch = (pt, ph, pw)
@@ -537,14 +565,37 @@ def _patch_match_op(
     )
     ref = _native.tensor_ref
     cpu_native().patch_match_cpu(
-        ref(queries), ref(keys), ref(qm), ref(km), ref(den), pt, ph, pw, iterations, seed, ref(guesses), ref(index),
+        ref(queries),
+        ref(keys),
+        ref(qm),
+        ref(km),
+        ref(den),
+        pt,
+        ph,
+        pw,
+        iterations,
+        seed,
+        ref(guesses),
+        ref(index),
         ref(ssd),
     )
     return index, ssd
 
 
 def _launch_patch_match_cuda(
-    native: object, stream: int, queries, keys, query_mask, key_mask, key_den, pt, ph, pw, iterations, seed, init,
+    native: object,
+    stream: int,
+    queries,
+    keys,
+    query_mask,
+    key_mask,
+    key_den,
+    pt,
+    ph,
+    pw,
+    iterations,
+    seed,
+    init,
     check_finite,
 ) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
     qm, km, den, guesses, index, ssd = _prepare_match(
@@ -555,8 +606,23 @@ def _launch_patch_match_cuda(
     weight = torch.empty(den.numel(), dtype=torch.float64, device=queries.device)  # w(k) = 1 / den(k)
     ref = _native.tensor_ref
     native.patch_match_cuda(  # type: ignore[attr-defined]
-        ref(queries), ref(keys), ref(qm), ref(km), ref(den), pt, ph, pw, iterations, seed, ref(guesses), ref(index),
-        ref(ssd), ref(state), ref(scores), ref(weight), stream,
+        ref(queries),
+        ref(keys),
+        ref(qm),
+        ref(km),
+        ref(den),
+        pt,
+        ph,
+        pw,
+        iterations,
+        seed,
+        ref(guesses),
+        ref(index),
+        ref(ssd),
+        ref(state),
+        ref(scores),
+        ref(weight),
+        stream,
     )
     return index, ssd
 

@@ -32,7 +32,9 @@ def _finish(y: Tensor, image: bool) -> Tensor:
     return y[0] if image else y
 
 
-def generate(source: Tensor, *, seed: int = 0, config: GPNNConfig = _DEFAULT, size: Sequence[int] | None = None) -> Tensor:
+def generate(
+    source: Tensor, *, seed: int = 0, config: GPNNConfig = _DEFAULT, size: Sequence[int] | None = None
+) -> Tensor:
     """Random sample from a single image: GPNN from the coarsest source level plus Gaussian noise.
 
     ``y_L = x_L + n``, ``n ~ N(0, noise_std^2)`` per pixel (shared by channels), drawn from ``seed``.
@@ -173,9 +175,7 @@ def collage(
     output_shape = (1, *(tuple(size) if size is not None else side_by_side.shape[1:3]))
     shapes, output_shapes = pyramid_plan((1, *stack.shape[1:3]), output_shape, config)
     shapes = [(len(resized), *s[1:]) for s in shapes]
-    key_masks = [
-        valid_patch_mask(resize(valid.float()[..., None], s)[..., 0] > 0.999, config.patch) for s in shapes
-    ]
+    key_masks = [valid_patch_mask(resize(valid.float()[..., None], s)[..., 0] > 0.999, config.patch) for s in shapes]
     coarse = resize(side_by_side, output_shapes[-1])
     out = synthesize(stack, coarse, output_shape, config, seed=seed, key_masks=key_masks)
     return out[0].clamp(0, 1)

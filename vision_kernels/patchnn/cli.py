@@ -78,7 +78,9 @@ def _save(path: Path, image: Tensor, started: float) -> None:
     from .image_io import write_image
 
     write_image(path, image)
-    print(f"vision-kernels gpnn: wrote {path} ({image.shape[1]}x{image.shape[0]}, {time.perf_counter() - started:.1f} s)")
+    print(
+        f"vision-kernels gpnn: wrote {path} ({image.shape[1]}x{image.shape[0]}, {time.perf_counter() - started:.1f} s)"
+    )
 
 
 def _numbered(path: Path, index: int, count: int) -> Path:

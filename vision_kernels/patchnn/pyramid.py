@@ -45,8 +45,10 @@ def level_scales(
     for i in range(depth + 1):
         spatial = ratio**-i if i < depth else min(1.0, coarsest / side)
         temporal = max(temporal_ratio**-i, min(1.0, coarsest_frames / frames))
-        if scales and round(side * spatial) == round(side * scales[-1][1]) and round(frames * temporal) == round(
-            frames * scales[-1][0]
+        if (
+            scales
+            and round(side * spatial) == round(side * scales[-1][1])
+            and round(frames * temporal) == round(frames * scales[-1][0])
         ):
             scales[-1] = (temporal, spatial)  # the coarsest level rounds to the previous one: merge them
         else:
@@ -57,9 +59,7 @@ def level_scales(
 def scaled_shapes(shape: Sequence[int], scales: Sequence[tuple[float, float]]) -> list[tuple[int, int, int]]:
     """``(T, H, W)`` of ``shape`` at each ``(temporal, spatial)`` scale (at least 1 each)."""
     frames, height, width = int(shape[0]), int(shape[1]), int(shape[2])
-    return [
-        (max(1, round(frames * t)), max(1, round(height * s)), max(1, round(width * s))) for t, s in scales
-    ]
+    return [(max(1, round(frames * t)), max(1, round(height * s)), max(1, round(width * s))) for t, s in scales]
 
 
 def pyramid_shapes(

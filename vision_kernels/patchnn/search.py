@@ -115,7 +115,9 @@ def faiss_patch_nn(
         searcher.train(kn)
         searcher.nprobe = nprobe
     else:
-        raise ValueError(f"vision_kernels.patchnn.faiss_patch_nn: argument 'index' must be 'flat' or 'ivf', got {index!r}")
+        raise ValueError(
+            f"vision_kernels.patchnn.faiss_patch_nn: argument 'index' must be 'flat' or 'ivf', got {index!r}"
+        )
     if queries.device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
         searcher = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), queries.device.index or 0, searcher)
     searcher.add(kn)

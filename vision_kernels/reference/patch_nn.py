@@ -187,9 +187,8 @@ def _offset_weights(patch: tuple[int, int, int], sigma: tuple[float, float] | No
     at = torch.arange(pt, dtype=torch.float64) - 0.5 * (pt - 1)
     ay = torch.arange(ph, dtype=torch.float64) - 0.5 * (ph - 1)
     ax = torch.arange(pw, dtype=torch.float64) - 0.5 * (pw - 1)
-    exponent = (
-        -(at**2)[:, None, None] / (2 * sigma_t**2)
-        - ((ay**2)[None, :, None] + (ax**2)[None, None, :]) / (2 * sigma_s**2)
+    exponent = -(at**2)[:, None, None] / (2 * sigma_t**2) - ((ay**2)[None, :, None] + (ax**2)[None, None, :]) / (
+        2 * sigma_s**2
     )
     return torch.exp(exponent)
 

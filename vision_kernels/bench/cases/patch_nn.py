@@ -90,9 +90,7 @@ def _search_contenders(queries: torch.Tensor, keys: torch.Tensor, alpha: float |
     built = _faiss_flat(keys)
     if built is not None:
         index, _ = built
-        query_vectors = np.ascontiguousarray(
-            reference.unfold_patches(queries[None], PATCH).reshape(-1, depth).numpy()
-        )
+        query_vectors = np.ascontiguousarray(reference.unfold_patches(queries[None], PATCH).reshape(-1, depth).numpy())
         faiss_search = _Keep(lambda: index.search(query_vectors, 1))
         anchors["faiss-cpu IndexFlatL2 (search only)"] = faiss_search
 
