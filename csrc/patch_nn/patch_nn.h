@@ -316,6 +316,16 @@ struct ScreenBounds {
                ? static_cast<S>(INFINITY)
                : r;
   }
+  // Upper bound of ssd(q, k) from the screening value v of a plain search (the same analysis run the
+  // other way): ssd(q, k) <= (v + (1 + c_key) |q|^2 + 3 c_key |k|^2 + eta) (1 + delta), with the
+  // float64 norms inflated by their own rounding. Lets a candidate tighten the threshold before it
+  // is re-scored exactly.
+  VK_HOST_DEVICE double upper_ssd(double v, double query_norm, double key_norm) const {
+    const double inflate = 1.0 + 2.0 * (1.0 - norm_lo);
+    const double bound = v + query_norm * inflate * (1.0 + c_key) + 3.0 * c_key * key_norm * inflate + eta;
+    return bound * (1.0 + delta) * (1.0 + 0x1p-50) + 0x1p-1000;
+  }
+
   template <typename S>
   VK_HOST_DEVICE static S key_weight(double weight) {
     return round_down<S>(weight);

@@ -99,10 +99,12 @@ class ExactSearch {
     result.score.assign(static_cast<std::size_t>(nq), 0.0);
     result.ssd.assign(static_cast<std::size_t>(nq), 0.0);
     result.key.assign(static_cast<std::size_t>(nq), 0);
+    query_norm_.assign(static_cast<std::size_t>(nq), 0.0);
     query_term_.assign(static_cast<std::size_t>(nq), 0.0);
     parallel_for(0, nq, 256, [&](index_t lo, index_t hi) {
       for (index_t i = lo; i < hi; ++i) {
-        query_term_[i] = bounds_.query_term(patch_norm(q_.patch(i), q_.layout));
+        query_norm_[i] = patch_norm(q_.patch(i), q_.layout);
+        query_term_[i] = bounds_.query_term(query_norm_[i]);
         const index_t j = seeds[i];
         const double ssd = patch_ssd(q_.patch(i), q_.layout, k_.patch(j), k_.layout, INFINITY);
         result.ssd[i] = ssd;
@@ -133,7 +135,7 @@ class ExactSearch {
           }
         }
       });
-      KeyBlock b{first, count, panels, packed.data(), offsets.data(), weights.data()};
+      const KeyBlock b{first, count, panels, packed.data(), offsets.data(), weights.data(), norms.data()};
       const index_t rows_per_item = kernel.mr * kPanelsPerQueryBlock;
       parallel_for_dynamic(0, ceil_div(nq, rows_per_item), 1, [&](index_t lo, index_t hi) {
         QueryBuffers buffers(kernel, depth_);
@@ -145,22 +147,33 @@ class ExactSearch {
   }
 
  private:
+  static constexpr index_t kPending = 8;  // candidates a query keeps before re-scoring them
+
   struct KeyBlock {
     index_t first, count, panels;
     const S* packed;
     const S* offsets;
     const S* weights;
+    const double* norms;  // |k|^2 in float64
   };
+  // Per work item: packed queries, their screening terms and thresholds, and the pending candidates
+  // of every query row (keys that passed the screen, not re-scored yet).
   struct QueryBuffers {
     QueryBuffers(const ScreenKernel<S>& kernel, index_t depth)
         : packed(kPanelsPerQueryBlock * kernel.mr * depth),
           term(static_cast<std::size_t>(kPanelsPerQueryBlock * kernel.mr)),
-          threshold(static_cast<std::size_t>(kPanelsPerQueryBlock * kernel.mr)),
+          threshold(term.size()),
           values(static_cast<std::size_t>(kernel.mr * kernel.nr)),
-          masks(static_cast<std::size_t>(kernel.mr)) {}
+          masks(static_cast<std::size_t>(kernel.mr)),
+          pending_key(term.size() * kPending),
+          pending_value(term.size() * kPending),
+          pending_count(term.size(), 0) {}
     AlignedArray<S> packed;
     std::vector<S> term, threshold, values;
     std::vector<std::uint64_t> masks;
+    std::vector<index_t> pending_key;
+    std::vector<S> pending_value;
+    std::vector<int> pending_count;
   };
 
   static ScreenKernel<S> screen_kernel() {
@@ -171,9 +184,14 @@ class ExactSearch {
     }
   }
 
-  S threshold_of(index_t i) const {
-    const double best = result_->score[i];
-    return den_ ? bounds_.weighted_threshold<S>(best) : bounds_.plain_threshold<S>(best, query_term_[i]);
+  // Screening threshold of query i against a score that some key certainly reaches.
+  S threshold_for(index_t i, double score) const {
+    return den_ ? bounds_.weighted_threshold<S>(score) : bounds_.plain_threshold<S>(score, query_term_[i]);
+  }
+
+  // The value the threshold is compared with: v (plain) or z (normalized), as the micro-kernel does.
+  S screened(S v, S term, const KeyBlock& b, index_t j) const {
+    return den_ ? (v + term) * b.weights[j - b.first] : v;
   }
 
   // Screen queries [first, first + mr * kPanelsPerQueryBlock) against every panel of the key block.
@@ -188,7 +206,7 @@ class ExactSearch {
         const index_t i = first + m * mr + r;
         const bool real = r < in_panel;
         buf.term[m * mr + r] = real ? round_down<S>(query_term_[i]) : S(0);
-        buf.threshold[m * mr + r] = real ? threshold_of(i) : -std::numeric_limits<S>::infinity();
+        buf.threshold[m * mr + r] = real ? threshold_for(i, result_->score[i]) : -std::numeric_limits<S>::infinity();
       }
     }
     const TileFunction<S> tile = den_ ? kernel.weighted : kernel.plain;
@@ -203,38 +221,71 @@ class ExactSearch {
                               buf.threshold.data() + m * mr,
                               buf.values.data(),
                               buf.masks.data()};
-        if (tile(t)) rescore_tile(kernel, b, p, first + m * mr, buf.values.data(), buf.masks.data(),
-                                  buf.threshold.data() + m * mr);
+        if (tile(t)) collect_tile(kernel, b, p, m * mr, first, buf);
       }
     }
+    for (index_t row = 0; row < rows; ++row) flush(b, row, first + row, buf);
   }
 
-  // Exact re-scoring of the tile's candidates, in increasing key order, against each query's best.
-  void rescore_tile(const ScreenKernel<S>& kernel, const KeyBlock& b, index_t p, index_t first_query,
-                    const S* values, const std::uint64_t* masks, S* threshold) {
-    SearchResult& res = *result_;
+  // Keys of a tile that passed the screen become pending candidates of their query; each one
+  // tightens the query's threshold through a rigorous upper bound of its score, so most later keys
+  // are ruled out without any exact re-scoring.
+  void collect_tile(const ScreenKernel<S>& kernel, const KeyBlock& b, index_t p, index_t first_row,
+                    index_t first_query, QueryBuffers& buf) {
     for (index_t r = 0; r < kernel.mr; ++r) {
-      const index_t i = first_query + r;
-      std::uint64_t mask = masks[r];
+      std::uint64_t mask = buf.masks[r];
+      const index_t row = first_row + r, i = first_query + first_row + r;
       while (mask) {
         const index_t c = __builtin_ctzll(mask);
         mask &= mask - 1;
         const index_t j = b.first + p * kernel.nr + c;
         if (j >= b.first + b.count) break;
-        if (values[r * kernel.nr + c] > threshold[r]) continue;  // the best improved meanwhile
-        const double den = den_ ? den_[j] : 0.0;
-        const double stop = stop_bound(res.score[i], den, den_ != nullptr);
-        const double ssd = patch_ssd(q_.patch(i), q_.layout, k_.patch(j), k_.layout, stop);
-        if (ssd > stop) continue;
-        const double score = den_ ? normalized_score(ssd, weight_[j]) : ssd;
-        if (better(score, j, res.score[i], res.key[i])) {
-          res.score[i] = score;
-          res.ssd[i] = ssd;
-          res.key[i] = j;
-          threshold[r] = threshold_of(i);
+        const S v = buf.values[r * kernel.nr + c];
+        if (screened(v, buf.term[row], b, j) > buf.threshold[row]) continue;  // ruled out meanwhile
+        if (buf.pending_count[row] == kPending) {
+          flush(b, row, i, buf);
+          if (screened(v, buf.term[row], b, j) > buf.threshold[row]) continue;
         }
+        const int slot = buf.pending_count[row]++;
+        buf.pending_key[row * kPending + slot] = j;
+        buf.pending_value[row * kPending + slot] = v;
+        double upper = bounds_.upper_ssd(static_cast<double>(v), query_norm_[i], b.norms[j - b.first]);
+        if (den_) upper = upper * weight_[j] * (1.0 + 0x1p-50);
+        buf.threshold[row] = std::min(buf.threshold[row], threshold_for(i, upper));
       }
     }
+  }
+
+  // Exact re-scoring of a query's pending candidates (smallest screening value first), against
+  // its best; resets the threshold to the one of the exact best.
+  void flush(const KeyBlock& b, index_t row, index_t i, QueryBuffers& buf) {
+    const int count = buf.pending_count[row];
+    if (count == 0) return;
+    index_t* keys = &buf.pending_key[row * kPending];
+    S* values = &buf.pending_value[row * kPending];
+    for (int a = 1; a < count; ++a)  // insertion sort by value: the likely winner first
+      for (int z = a; z > 0 && values[z] < values[z - 1]; --z) {
+        std::swap(values[z], values[z - 1]);
+        std::swap(keys[z], keys[z - 1]);
+      }
+    SearchResult& res = *result_;
+    const S threshold = buf.threshold[row];
+    for (int e = 0; e < count; ++e) {
+      const index_t j = keys[e];
+      if (screened(values[e], buf.term[row], b, j) > threshold) continue;  // cannot beat another candidate
+      const double den = den_ ? den_[j] : 0.0;
+      const double stop = stop_bound(res.score[i], den, den_ != nullptr);
+      const double ssd = patch_ssd(q_.patch(i), q_.layout, k_.patch(j), k_.layout, stop);
+      if (ssd > stop) continue;
+      const double score = den_ ? normalized_score(ssd, weight_[j]) : ssd;
+      if (better(score, j, res.score[i], res.key[i])) {
+        res.score[i] = score;
+        res.ssd[i] = ssd;
+        res.key[i] = j;
+      }
+    }
+    buf.pending_count[row] = 0;
+    buf.threshold[row] = threshold_for(i, res.score[i]);
   }
 
   const PatchSet<T>& q_;
@@ -243,6 +294,7 @@ class ExactSearch {
   const double* weight_;
   index_t depth_;
   ScreenBounds bounds_;
+  std::vector<double> query_norm_;
   std::vector<double> query_term_;
   SearchResult* result_ = nullptr;
 };

@@ -29,10 +29,11 @@ bool tile_portable(const ScreenTile<S>& t) {
     std::uint64_t mask = 0;
     S row[NR];
     for (int c = 0; c < NR; ++c) {
-      S v = t.key_offset[c] - S(2) * acc[r][c];
-      if constexpr (kWeighted) v = (v + t.query_term[r]) * t.key_weight[c];
+      const S v = t.key_offset[c] - S(2) * acc[r][c];
       row[c] = v;
-      if (v <= t.threshold[r]) mask |= std::uint64_t(1) << c;
+      S z = v;
+      if constexpr (kWeighted) z = (v + t.query_term[r]) * t.key_weight[c];
+      if (z <= t.threshold[r]) mask |= std::uint64_t(1) << c;
     }
     t.masks[r] = mask;
     if (mask) {
@@ -77,16 +78,17 @@ __attribute__((target("avx512f"))) bool tile_avx512(const ScreenTile<float>& t) 
   bool any = false;
 #pragma GCC unroll 12
   for (int r = 0; r < kMr512; ++r) {
-    __m512 v0 = _mm512_fmadd_ps(acc[r][0], minus_two, offset0);
-    __m512 v1 = _mm512_fmadd_ps(acc[r][1], minus_two, offset1);
+    const __m512 v0 = _mm512_fmadd_ps(acc[r][0], minus_two, offset0);
+    const __m512 v1 = _mm512_fmadd_ps(acc[r][1], minus_two, offset1);
+    __m512 z0 = v0, z1 = v1;
     if constexpr (kWeighted) {
       const __m512 term = _mm512_set1_ps(t.query_term[r]);
-      v0 = _mm512_mul_ps(_mm512_add_ps(v0, term), weight0);
-      v1 = _mm512_mul_ps(_mm512_add_ps(v1, term), weight1);
+      z0 = _mm512_mul_ps(_mm512_add_ps(v0, term), weight0);
+      z1 = _mm512_mul_ps(_mm512_add_ps(v1, term), weight1);
     }
     const __m512 threshold = _mm512_set1_ps(t.threshold[r]);
-    const std::uint64_t mask = static_cast<std::uint64_t>(_mm512_cmp_ps_mask(v0, threshold, _CMP_LE_OQ)) |
-                               (static_cast<std::uint64_t>(_mm512_cmp_ps_mask(v1, threshold, _CMP_LE_OQ)) << 16);
+    const std::uint64_t mask = static_cast<std::uint64_t>(_mm512_cmp_ps_mask(z0, threshold, _CMP_LE_OQ)) |
+                               (static_cast<std::uint64_t>(_mm512_cmp_ps_mask(z1, threshold, _CMP_LE_OQ)) << 16);
     t.masks[r] = mask;
     if (mask) {
       any = true;
@@ -129,17 +131,18 @@ __attribute__((target("avx2,fma"))) bool tile_avx2(const ScreenTile<float>& t) {
   bool any = false;
 #pragma GCC unroll 6
   for (int r = 0; r < kMr256; ++r) {
-    __m256 v0 = _mm256_fmadd_ps(acc[r][0], minus_two, offset0);
-    __m256 v1 = _mm256_fmadd_ps(acc[r][1], minus_two, offset1);
+    const __m256 v0 = _mm256_fmadd_ps(acc[r][0], minus_two, offset0);
+    const __m256 v1 = _mm256_fmadd_ps(acc[r][1], minus_two, offset1);
+    __m256 z0 = v0, z1 = v1;
     if constexpr (kWeighted) {
       const __m256 term = _mm256_set1_ps(t.query_term[r]);
-      v0 = _mm256_mul_ps(_mm256_add_ps(v0, term), weight0);
-      v1 = _mm256_mul_ps(_mm256_add_ps(v1, term), weight1);
+      z0 = _mm256_mul_ps(_mm256_add_ps(v0, term), weight0);
+      z1 = _mm256_mul_ps(_mm256_add_ps(v1, term), weight1);
     }
     const __m256 threshold = _mm256_set1_ps(t.threshold[r]);
     const std::uint64_t mask =
-        static_cast<std::uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v0, threshold, _CMP_LE_OQ))) |
-        (static_cast<std::uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v1, threshold, _CMP_LE_OQ))) << 8);
+        static_cast<std::uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(z0, threshold, _CMP_LE_OQ))) |
+        (static_cast<std::uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(z1, threshold, _CMP_LE_OQ))) << 8);
     t.masks[r] = mask;
     if (mask) {
       any = true;

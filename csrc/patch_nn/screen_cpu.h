@@ -5,8 +5,8 @@
 //   g[r][c] = sum_d queries[d][r] * keys[d][c]                  (accumulated in S, any order)
 //   v[r][c] = fl(key_offset[c] - 2 g[r][c])                     plain search
 //   z[r][c] = fl(fl(v[r][c] + query_term[r]) * key_weight[c])   normalized (alpha) search
-// Bit c of masks[r] is set when the value is <= threshold[r] (the key may beat the query's best and
-// must be re-scored exactly); `values` receives the tile's values when any bit is set.
+// Bit c of masks[r] is set when v (plain) or z (normalized) is <= threshold[r]: the key may beat
+// the query's best and must be re-scored exactly. `values` receives the tile's v when any bit is set.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +24,7 @@ struct ScreenTile {
   const S* key_weight;  // [NR] (normalized search only)
   const S* query_term;  // [MR] (normalized search only)
   const S* threshold;   // [MR]
-  S* values;            // [MR][NR], written when the result is true
+  S* values;            // [MR][NR] the v values, written when the result is true
   std::uint64_t* masks; // [MR]
 };
 
