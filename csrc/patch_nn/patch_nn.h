@@ -24,7 +24,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "../common/checks.h"
@@ -544,11 +546,18 @@ inline void check_cuda_grid(const ArgCheck& check, const PatchLayout& l, const c
            "' has ", l.grid_size(), " patch positions; CUDA kernels support fewer than 2^31");
 }
 
-// Checks both entry points of patch_nn run (the Python layer runs the same ones first).
-inline void check_patch_nn_arguments(const ArgCheck& check, const TensorRef& queries, const TensorRef& keys,
-                                     const TensorRef& query_mask, const TensorRef& key_mask, index_t pt, index_t ph,
-                                     index_t pw, const TensorRef& out_index, const TensorRef& out_distance,
-                                     int device) {
+inline void check_devices(const ArgCheck& check, std::initializer_list<const TensorRef*> tensors, int device) {
+  for (const TensorRef* t : tensors)
+    VK_CHECK(t->device == device, ErrorKind::Value, check.function(), ": every tensor must be on ",
+             device == kCpuDevice ? std::string("cpu") : "cuda:" + std::to_string(device), ", got ",
+             t->device_string());
+}
+
+// The inputs every search takes: queries and keys [T, H, W, C] of one floating dtype and channel
+// count, a patch size that fits both, and bool masks over both patch grids.
+inline void check_search_inputs(const ArgCheck& check, const TensorRef& queries, const TensorRef& keys,
+                                const TensorRef& query_mask, const TensorRef& key_mask, index_t pt, index_t ph,
+                                index_t pw) {
   check.rank(queries, "queries", 4, "[T, H, W, C]");
   check.rank(keys, "keys", 4, "[T, H, W, C]");
   check.floating(queries, "queries");
@@ -557,24 +566,28 @@ inline void check_patch_nn_arguments(const ArgCheck& check, const TensorRef& que
   check.at_least(queries, "queries", 3, 1, "C, the channels");
   check_patch_size(check, queries, "queries", pt, ph, pw);
   check_patch_size(check, keys, "keys", pt, ph, pw);
-  const PatchLayout lq = make_layout(queries, pt, ph, pw);
-  const PatchLayout lk = make_layout(keys, pt, ph, pw);
-  check_grid_tensor(check, query_mask, "query_mask", lq, "(the query patch grid)");
-  check_grid_tensor(check, key_mask, "key_mask", lk, "(the key patch grid)");
+  check_grid_tensor(check, query_mask, "query_mask", make_layout(queries, pt, ph, pw), "(the query patch grid)");
+  check_grid_tensor(check, key_mask, "key_mask", make_layout(keys, pt, ph, pw), "(the key patch grid)");
   check.dtype(query_mask, "query_mask", {DType::Bool});
   check.dtype(key_mask, "key_mask", {DType::Bool});
+  check.not_null(queries, "queries");
+  check.not_null(keys, "keys");
+}
+
+// Checks both entry points of patch_nn run (the Python layer runs the same ones first).
+inline void check_patch_nn_arguments(const ArgCheck& check, const TensorRef& queries, const TensorRef& keys,
+                                     const TensorRef& query_mask, const TensorRef& key_mask, index_t pt, index_t ph,
+                                     index_t pw, const TensorRef& out_index, const TensorRef& out_distance,
+                                     int device) {
+  check_search_inputs(check, queries, keys, query_mask, key_mask, pt, ph, pw);
+  const PatchLayout lq = make_layout(queries, pt, ph, pw);
   check_grid_tensor(check, out_index, "out_index", lq, "(the query patch grid)");
   check_grid_tensor(check, out_distance, "out_distance", lq, "(the query patch grid)");
   check.dtype(out_index, "out_index", {DType::Int64});
   check.dtype(out_distance, "out_distance", {queries.dtype == DType::Float64 ? DType::Float64 : DType::Float32});
-  for (const TensorRef* t : {&queries, &keys, &query_mask, &key_mask, &out_index, &out_distance})
-    VK_CHECK(t->device == device, ErrorKind::Value, check.function(), ": every tensor must be on ",
-             device == kCpuDevice ? std::string("cpu") : "cuda:" + std::to_string(device), ", got ",
-             t->device_string());
+  check_devices(check, {&queries, &keys, &query_mask, &key_mask, &out_index, &out_distance}, device);
   check.contiguous(out_index, "out_index");
   check.contiguous(out_distance, "out_distance");
-  check.not_null(queries, "queries");
-  check.not_null(keys, "keys");
 }
 
 // Checks both entry points of patch_vote run.
@@ -599,10 +612,7 @@ inline void check_vote_arguments(const ArgCheck& check, const TensorRef& values,
            ": argument 'reduction' must be 0 (mean), 1 (gaussian) or 2 (median), got ", reduction);
   VK_CHECK(sigma_t > 0 && sigma_s > 0, ErrorKind::Value, check.function(), ": argument 'sigma' must be > 0, got (",
            sigma_t, ", ", sigma_s, ")");
-  for (const TensorRef* t : {&values, &index, &weights, &out})
-    VK_CHECK(t->device == device, ErrorKind::Value, check.function(), ": every tensor must be on ",
-             device == kCpuDevice ? std::string("cpu") : "cuda:" + std::to_string(device), ", got ",
-             t->device_string());
+  check_devices(check, {&values, &index, &weights, &out}, device);
 }
 
 // Checks both entry points of patch_match run.
@@ -611,22 +621,11 @@ inline void check_patch_match_arguments(const ArgCheck& check, const TensorRef& 
                                         const TensorRef& key_den, index_t pt, index_t ph, index_t pw,
                                         index_t iterations, const TensorRef& init_index, const TensorRef& out_index,
                                         const TensorRef& out_ssd, int device) {
-  check.rank(queries, "queries", 4, "[T, H, W, C]");
-  check.rank(keys, "keys", 4, "[T, H, W, C]");
-  check.floating(queries, "queries");
-  check.same_dtype(queries, "queries", keys, "keys");
-  check.size(keys, "keys", 3, queries.sizes[3], "C, the channels of queries");
-  check.at_least(queries, "queries", 3, 1, "C, the channels");
-  check_patch_size(check, queries, "queries", pt, ph, pw);
-  check_patch_size(check, keys, "keys", pt, ph, pw);
+  check_search_inputs(check, queries, keys, query_mask, key_mask, pt, ph, pw);
   const PatchLayout lq = make_layout(queries, pt, ph, pw);
   const PatchLayout lk = make_layout(keys, pt, ph, pw);
   VK_CHECK(lk.grid_t < (index_t(1) << 31) && lk.grid_h < (index_t(1) << 31) && lk.grid_w < (index_t(1) << 31),
            ErrorKind::Value, check.function(), ": argument 'keys' has a patch grid dimension of 2^31 or more");
-  check_grid_tensor(check, query_mask, "query_mask", lq, "(the query patch grid)");
-  check_grid_tensor(check, key_mask, "key_mask", lk, "(the key patch grid)");
-  check.dtype(query_mask, "query_mask", {DType::Bool});
-  check.dtype(key_mask, "key_mask", {DType::Bool});
   check_grid_tensor(check, init_index, "init", lq, "(the query patch grid)");
   check.dtype(init_index, "init", {DType::Int64});
   if (key_den.numel() > 0) {
@@ -642,10 +641,7 @@ inline void check_patch_match_arguments(const ArgCheck& check, const TensorRef& 
   check.dtype(out_ssd, "out_ssd", {DType::Float64});
   check.contiguous(out_index, "out_index");
   check.contiguous(out_ssd, "out_ssd");
-  for (const TensorRef* t : {&queries, &keys, &query_mask, &key_mask, &init_index, &out_index, &out_ssd})
-    VK_CHECK(t->device == device, ErrorKind::Value, check.function(), ": every tensor must be on ",
-             device == kCpuDevice ? std::string("cpu") : "cuda:" + std::to_string(device), ", got ",
-             t->device_string());
+  check_devices(check, {&queries, &keys, &query_mask, &key_mask, &init_index, &out_index, &out_ssd}, device);
 }
 
 }  // namespace vk::patch_nn

@@ -227,24 +227,9 @@ def _launch_patch_nn_cuda(
     workspace_f32 = torch.empty(2 * total, dtype=torch.float32, device=device)
     workspace_i64 = torch.empty(total, dtype=torch.long, device=device)
     wide = queries.dtype == torch.float64 or _largest_magnitude(queries, keys) > _FLOAT_SCREEN_LIMIT
-    ref = _native.tensor_ref
-    native.patch_nn_cuda(  # type: ignore[attr-defined]
-        ref(queries),
-        ref(keys),
-        ref(qm),
-        ref(km),
-        pt,
-        ph,
-        pw,
-        a,
-        wide,
-        ref(index),
-        ref(distance),
-        ref(workspace_f64),
-        ref(workspace_f32),
-        ref(workspace_i64),
-        stream,
-    )
+    tensors = (queries, keys, qm, km, index, distance, workspace_f64, workspace_f32, workspace_i64)
+    q, k, qmr, kmr, idx, dist, f64, f32, i64 = (_native.tensor_ref(t) for t in tensors)
+    native.patch_nn_cuda(q, k, qmr, kmr, pt, ph, pw, a, wide, idx, dist, f64, f32, i64, stream)  # type: ignore[attr-defined]
     return index, distance
 
 
@@ -563,22 +548,8 @@ def _patch_match_op(
     qm, km, den, guesses, index, ssd = _prepare_match(
         queries, keys, query_mask, key_mask, key_den, pt, ph, pw, iterations, seed, init, check_finite
     )
-    ref = _native.tensor_ref
-    cpu_native().patch_match_cpu(
-        ref(queries),
-        ref(keys),
-        ref(qm),
-        ref(km),
-        ref(den),
-        pt,
-        ph,
-        pw,
-        iterations,
-        seed,
-        ref(guesses),
-        ref(index),
-        ref(ssd),
-    )
+    q, k, qmr, kmr, d, g, idx, out = (_native.tensor_ref(t) for t in (queries, keys, qm, km, den, guesses, index, ssd))
+    cpu_native().patch_match_cpu(q, k, qmr, kmr, d, pt, ph, pw, iterations, seed, g, idx, out)
     return index, ssd
 
 
@@ -604,26 +575,9 @@ def _launch_patch_match_cuda(
     state = torch.empty((2, index.numel()), dtype=torch.long, device=queries.device)  # ping-pong keys
     scores = torch.empty((4, index.numel()), dtype=torch.float64, device=queries.device)  # scores, ssd
     weight = torch.empty(den.numel(), dtype=torch.float64, device=queries.device)  # w(k) = 1 / den(k)
-    ref = _native.tensor_ref
-    native.patch_match_cuda(  # type: ignore[attr-defined]
-        ref(queries),
-        ref(keys),
-        ref(qm),
-        ref(km),
-        ref(den),
-        pt,
-        ph,
-        pw,
-        iterations,
-        seed,
-        ref(guesses),
-        ref(index),
-        ref(ssd),
-        ref(state),
-        ref(scores),
-        ref(weight),
-        stream,
-    )
+    tensors = (queries, keys, qm, km, den, guesses, index, ssd, state, scores, weight)
+    q, k, qmr, kmr, d, g, idx, out, st, sc, w = (_native.tensor_ref(t) for t in tensors)
+    native.patch_match_cuda(q, k, qmr, kmr, d, pt, ph, pw, iterations, seed, g, idx, out, st, sc, w, stream)  # type: ignore[attr-defined]
     return index, ssd
 
 

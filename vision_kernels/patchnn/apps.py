@@ -87,19 +87,26 @@ def analogy(
     The coarsest initial guess is ``structure`` at the coarsest scale (plus optional noise); all keys
     and values come from ``content``. The output has the structure image's size.
     """
-    a, image = as_video(content, "content")
-    b, _ = as_video(structure, "structure")
-    if a.shape[-1] != b.shape[-1]:
+    return _guided(content, structure, config, seed, noise_std, ("content", "structure"))
+
+
+def _guided(
+    source: Tensor, guide: Tensor, config: GPNNConfig, seed: int, noise_std: float, names: tuple[str, str]
+) -> Tensor:
+    """GPNN from ``guide`` at the coarsest scale (plus optional noise) with ``source``'s patches."""
+    x, image = as_video(source, names[0])
+    g, _ = as_video(guide, names[1])
+    if x.shape[-1] != g.shape[-1]:
         raise ValueError(
-            f"vision_kernels.patchnn.analogy: 'content' and 'structure' must have the same channels, got "
-            f"{a.shape[-1]} and {b.shape[-1]}"
+            f"vision_kernels.patchnn: '{names[0]}' and '{names[1]}' must have the same channels, got "
+            f"{x.shape[-1]} and {g.shape[-1]}"
         )
-    output_shape = tuple(b.shape[:3])
-    coarse = resize(b, _coarsest(a.shape, output_shape, config)[1])
+    output_shape = tuple(g.shape[:3])
+    coarse = resize(g, _coarsest(x.shape, output_shape, config)[1])
     if noise_std > 0:
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         coarse = coarse + noise_std * torch.randn((*coarse.shape[:3], 1), generator=generator).to(coarse)
-    return _finish(synthesize(a, coarse, output_shape, config, seed=seed), image)
+    return _finish(synthesize(x, coarse, output_shape, config, seed=seed), image)
 
 
 def inpaint(
@@ -186,13 +193,4 @@ def edit(source: Tensor, edited: Tensor, *, config: GPNNConfig = _DEFAULT, seed:
     roughly) is made coherent with ``source``'s patches. GPNN starts from ``edited`` at the coarsest
     scale; keys and values come from ``source``. The output has the edited image's size.
     """
-    x, image = as_video(source, "source")
-    e, _ = as_video(edited, "edited")
-    if x.shape[-1] != e.shape[-1]:
-        raise ValueError(
-            f"vision_kernels.patchnn.edit: 'source' and 'edited' must have the same channels, got {x.shape[-1]} "
-            f"and {e.shape[-1]}"
-        )
-    output_shape = tuple(e.shape[:3])
-    coarse = resize(e, _coarsest(x.shape, output_shape, config)[1])
-    return _finish(synthesize(x, coarse, output_shape, config, seed=seed), image)
+    return _guided(source, edited, config, seed, 0.0, ("source", "edited"))
