@@ -139,6 +139,29 @@ def _check_selects(function: str, mask: Tensor | None, name: str, what: str) -> 
         raise ValueError(f"{function}: argument '{name}' must select at least one {what} position, got all False")
 
 
+def _check_search(
+    function: str,
+    queries: Tensor,
+    keys: Tensor,
+    query_mask: Tensor | None,
+    key_mask: Tensor | None,
+    patch: tuple[int, int, int],
+    check_finite: bool,
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Checks shared by the searches (shapes, masks, values); returns the query and key grids."""
+    _check_inputs(function, queries, keys, patch)
+    q_grid, k_grid = patch_grid_shape(queries.shape, patch), patch_grid_shape(keys.shape, patch)
+    _check_mask(function, query_mask, "query_mask", q_grid, queries.device)
+    _check_mask(function, key_mask, "key_mask", k_grid, queries.device)
+    if check_finite:
+        check = ArgCheck(function)
+        check.finite(queries, "queries")
+        check.finite(keys, "keys")
+    _check_selects(function, query_mask, "query_mask", "query")
+    _check_selects(function, key_mask, "key_mask", "key")
+    return q_grid, k_grid
+
+
 # ---------------------------------------------------------------- exact search op
 
 
@@ -157,19 +180,9 @@ def _prepare_search(
     alpha: float | None,
     check_finite: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
-    patch = (pt, ph, pw)
-    _check_inputs(PATCH_NN, queries, keys, patch)
-    q_grid, k_grid = patch_grid_shape(queries.shape, patch), patch_grid_shape(keys.shape, patch)
-    _check_mask(PATCH_NN, query_mask, "query_mask", q_grid, queries.device)
-    _check_mask(PATCH_NN, key_mask, "key_mask", k_grid, queries.device)
+    q_grid, k_grid = _check_search(PATCH_NN, queries, keys, query_mask, key_mask, (pt, ph, pw), check_finite)
     if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
         ArgCheck(PATCH_NN).fail("alpha", f"must be None or a finite number > 0, got {alpha}")
-    if check_finite:
-        check = ArgCheck(PATCH_NN)
-        check.finite(queries, "queries")
-        check.finite(keys, "keys")
-    _check_selects(PATCH_NN, query_mask, "query_mask", "query")
-    _check_selects(PATCH_NN, key_mask, "key_mask", "key")
     index = torch.empty(q_grid, dtype=torch.long, device=queries.device)
     distance = torch.empty(q_grid, dtype=_distance_dtype(queries.dtype), device=queries.device)
     return (
@@ -496,11 +509,7 @@ def _prepare_match(
     init: Tensor | None,
     check_finite: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    patch = (pt, ph, pw)
-    _check_inputs(PATCH_MATCH, queries, keys, patch)
-    q_grid, k_grid = patch_grid_shape(queries.shape, patch), patch_grid_shape(keys.shape, patch)
-    _check_mask(PATCH_MATCH, query_mask, "query_mask", q_grid, queries.device)
-    _check_mask(PATCH_MATCH, key_mask, "key_mask", k_grid, queries.device)
+    q_grid, k_grid = _check_search(PATCH_MATCH, queries, keys, query_mask, key_mask, (pt, ph, pw), check_finite)
     check = ArgCheck(PATCH_MATCH)
     if iterations < 0:
         check.fail("iterations", f"must be >= 0, got {iterations}")
@@ -512,11 +521,6 @@ def _prepare_match(
     if key_den is not None:
         check.dtype(key_den, "key_den", (torch.float64,))
         check.shape(key_den, "key_den", k_grid, "(the key patch grid)")
-    if check_finite:
-        check.finite(queries, "queries")
-        check.finite(keys, "keys")
-    _check_selects(PATCH_MATCH, query_mask, "query_mask", "query")
-    _check_selects(PATCH_MATCH, key_mask, "key_mask", "key")
     device = queries.device
     guesses = init if init is not None else torch.full((1, 1, 1), -1, dtype=torch.long, device=device).expand(q_grid)
     den = key_den.contiguous() if key_den is not None else torch.empty(0, dtype=torch.float64, device=device)
