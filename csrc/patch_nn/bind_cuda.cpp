@@ -20,7 +20,8 @@ VK_REGISTER_BINDINGS(patch_nn_cuda) {
   module.def("patch_match_cuda", &vk::patch_nn::patch_match_cuda, py::arg("queries"), py::arg("keys"),
              py::arg("query_mask"), py::arg("key_mask"), py::arg("key_den"), py::arg("pt"), py::arg("ph"),
              py::arg("pw"), py::arg("iterations"), py::arg("seed"), py::arg("init_index"), py::arg("out_index"),
-             py::arg("out_ssd"), py::arg("state_keys"), py::arg("state_scores"), py::arg("key_weight"), py::arg("stream"),
+             py::arg("out_ssd"), py::arg("state_keys"), py::arg("state_scores"), py::arg("key_weight"),
+             py::arg("stream"),
              py::call_guard<py::gil_scoped_release>(),
              "CUDA twin of patch_match_cpu, enqueued on `stream` (see vision_kernels.ops.patch_match).");
 }

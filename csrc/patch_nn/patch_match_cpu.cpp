@@ -33,7 +33,8 @@ void patch_match_typed(const TensorRef& queries, const TensorRef& keys, const Te
   std::vector<index_t> old_key(static_cast<std::size_t>(nq));
   parallel_for(0, nq, 64, [&](index_t lo, index_t hi) {
     for (index_t q = lo; q < hi; ++q) {
-      const index_t guess = init(q / (in.lq.grid_h * in.lq.grid_w), (q / in.lq.grid_w) % in.lq.grid_h, q % in.lq.grid_w);
+      const index_t gh = in.lq.grid_h, gw = in.lq.grid_w;
+      const index_t guess = init(q / (gh * gw), (q / gw) % gh, q % gw);
       state[q] = match_init(in, q, guess);
     }
   });

@@ -157,8 +157,8 @@ VK_HOST_DEVICE VK_FORCE_INLINE double load_exact(T v) {
 // early, returning a partial sum > stop, once the sum exceeds `stop` (partial sums never decrease,
 // so the full sum would exceed it too); pass +inf to always get the full sum.
 template <typename T>
-VK_NO_CONTRACT VK_DEVICE_INLINE VK_HOST_DEVICE double patch_ssd(const T* q, const PatchLayout& lq, const T* k, const PatchLayout& lk,
-                                               double stop) {
+VK_NO_CONTRACT VK_DEVICE_INLINE VK_HOST_DEVICE double patch_ssd(const T* q, const PatchLayout& lq, const T* k,
+                                                                const PatchLayout& lk, double stop) {
   double sum = 0.0;
   for (index_t dt = 0; dt < lq.pt; ++dt) {
     for (index_t dy = 0; dy < lq.ph; ++dy) {
@@ -355,7 +355,9 @@ struct VoteGeometry {
   VK_HOST_DEVICE double offset_weight(index_t dt, index_t dy, index_t dx) const {
     const double ct = 0.5 * static_cast<double>(pt - 1), cy = 0.5 * static_cast<double>(ph - 1),
                  cx = 0.5 * static_cast<double>(pw - 1);
-    const double at = static_cast<double>(dt) - ct, ay = static_cast<double>(dy) - cy, ax = static_cast<double>(dx) - cx;
+    const double at = static_cast<double>(dt) - ct;
+    const double ay = static_cast<double>(dy) - cy;
+    const double ax = static_cast<double>(dx) - cx;
     return exp(-(at * at) / (2.0 * sigma_t * sigma_t) - (ay * ay + ax * ax) / (2.0 * sigma_s * sigma_s));
   }
 };
@@ -434,7 +436,8 @@ struct MatchInputs {
 
 // Consider key `key` (flat) for the query whose patch starts at q: keep it if it is better.
 template <typename T>
-VK_HOST_DEVICE VK_FORCE_INLINE void match_consider(const MatchInputs<T>& in, const T* q, index_t key, MatchState& best) {
+VK_HOST_DEVICE VK_FORCE_INLINE void match_consider(const MatchInputs<T>& in, const T* q, index_t key,
+                                                   MatchState& best) {
   if (!in.key_mask(key)) return;
   const double den = in.key_den ? in.key_den[key] : 0.0;
   const double stop = stop_bound(best.score, den, in.key_den != nullptr);
@@ -472,8 +475,8 @@ VK_DEVICE_INLINE VK_HOST_DEVICE MatchState match_init(const MatchInputs<T>& in, 
 // the previous step (old_key over the query grid), then random search around the best with radii
 // halving from the key grid's extent to 1. The result depends only on the previous step's state.
 template <typename T>
-VK_DEVICE_INLINE VK_HOST_DEVICE MatchState match_step(const MatchInputs<T>& in, const index_t* old_key, index_t q, index_t iteration,
-                                     MatchState best) {
+VK_DEVICE_INLINE VK_HOST_DEVICE MatchState match_step(const MatchInputs<T>& in, const index_t* old_key, index_t q,
+                                                      index_t iteration, MatchState best) {
   if (!in.query_mask(q)) return best;
   const PatchLayout& lq = in.lq;
   const PatchLayout& lk = in.lk;
