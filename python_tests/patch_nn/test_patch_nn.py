@@ -191,6 +191,22 @@ def test_property_equals_reference(t, h, w, c, pt, ph, pw, levels, normalized, s
     assert_exact(cpu_kernel, q, k, (pt, ph, pw), 0.05 if normalized else None)
 
 
+def test_64bit_offsets() -> None:
+    # Frames 2^31 + 7 elements apart: element offsets exceed int32; untouched pages stay unallocated.
+    stride = 2**31 + 7
+    storage = torch.empty(stride + 5 * 4 * 3)
+    frames = torch.rand(2, 5, 4, 3)
+    storage[: frames[0].numel()] = frames[0].reshape(-1)
+    storage[stride : stride + frames[1].numel()] = frames[1].reshape(-1)
+    queries = storage.as_strided((2, 5, 4, 3), (stride, 12, 3, 1))
+    keys = torch.rand(3, 6, 5, 3)
+    for alpha in (None, 0.01):
+        for q, k, q_ref, k_ref in ((queries, keys, frames, keys), (keys, queries, keys, frames)):
+            got = patch_nn(q, k, (1, 3, 3), alpha=alpha)
+            want = reference.patch_nn(q_ref, k_ref, (1, 3, 3), alpha=alpha)
+            assert torch.equal(got.index, want[0]) and torch.equal(got.distance, want[1])
+
+
 def test_image_inputs_give_image_grids() -> None:
     q, k = torch.rand(10, 12, 3), torch.rand(9, 9, 3)
     result = patch_nn(
