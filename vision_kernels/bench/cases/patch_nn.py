@@ -114,26 +114,26 @@ def _search_contenders(queries: torch.Tensor, keys: torch.Tensor, alpha: float |
     )
 
 
-@case(FAMILY, "patch_nn 256x256 vs itself, 7x7, alpha=None (quick: 96)", repeats=3)
+@case(FAMILY, "patch_nn 256x256 vs itself, 7x7, alpha=None (quick: 96)", repeats=2)
 def search_self_plain(quick: bool) -> Contenders:
     image = _image("astronaut", 96 if quick else 256)
     return _search_contenders(image, image, None)
 
 
-@case(FAMILY, "patch_nn 256x256 vs itself, 7x7, alpha=0.005 two-pass (quick: 96)", repeats=3)
+@case(FAMILY, "patch_nn 256x256 vs itself, 7x7, alpha=0.005 two-pass (quick: 96)", repeats=2)
 def search_self_alpha(quick: bool) -> Contenders:
     image = _image("astronaut", 96 if quick else 256)
     return _search_contenders(image, image, ALPHA)
 
 
-@case(FAMILY, "patch_nn 256x256 reshuffled vs source (GPNN-like queries), alpha=None (quick: 96)", repeats=3)
+@case(FAMILY, "patch_nn 256x256 reshuffled vs source (GPNN-like queries), alpha=None (quick: 96)", repeats=2)
 def search_reshuffled_plain(quick: bool) -> Contenders:
     image = _image("astronaut", 96 if quick else 256)
     shuffled = torch.roll(image, (37, -61), (0, 1)).flip(1).contiguous()
     return _search_contenders(shuffled, image, None)
 
 
-@case(FAMILY, "patch_nn 256x256 reshuffled vs source, alpha=0.005 (quick: 96)", quick=False, repeats=3)
+@case(FAMILY, "patch_nn 256x256 reshuffled vs source, alpha=0.005 (quick: 96)", quick=False, repeats=2)
 def search_reshuffled_alpha(quick: bool) -> Contenders:
     image = _image("astronaut", 256)
     shuffled = torch.roll(image, (37, -61), (0, 1)).flip(1).contiguous()
@@ -154,7 +154,7 @@ def vote(quick: bool) -> Contenders:
     )
 
 
-@case(FAMILY, "patch_match 256x256 reshuffled vs source, 6 iterations (quick: 96)", repeats=3)
+@case(FAMILY, "patch_match 256x256 reshuffled vs source, 6 iterations (quick: 96)", repeats=1)
 def match(quick: bool) -> Contenders:
     size = 96 if quick else 256
     image = _image("astronaut", size)
