@@ -15,9 +15,11 @@ With ``alpha`` the score is GPNN's normalized distance
 
     S(q, k) = D(q, k) / (alpha + min_q' D(q', k)),
 
-which favours keys that no query is close to yet (completeness); ``alpha=None`` is plain nearest
-neighbour. The exact search returns exactly what the brute-force reference
-(:func:`vision_kernels.reference.patch_nn.patch_nn`) returns, ties going to the lowest key index.
+which favours keys that no query is close to yet (completeness), evaluated exactly as
+``ssd(q, k) * w(k)`` with ``w(k) = 1 / (alpha * n + min_q' ssd(q', k))`` (each step rounded to float64);
+``alpha=None`` is plain nearest neighbour. The exact search returns exactly what the brute-force
+reference (:func:`vision_kernels.reference.patch_nn.patch_nn`) returns, ties going to the lowest key
+index.
 """
 
 from __future__ import annotations
