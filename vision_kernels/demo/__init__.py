@@ -19,6 +19,7 @@ SECTIONS: dict[str, str] = {
     "distance": "vision_kernels.demo.distance",
     "clip": "vision_kernels.demo.clip",
     "cc_conv": "vision_kernels.demo.cc_conv",
+    "patch_nn": "vision_kernels.demo.patch_nn",
 }
 
 

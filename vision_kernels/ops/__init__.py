@@ -10,5 +10,16 @@ from .attention_decomp import attention_decomposition
 from .cc_conv import cc_conv2d
 from .cc_conv_grid import cc_conv2d_grid
 from .distance import sq_l2_distance
+from .patch_nn import PatchNNResult, patch_match, patch_nn, patch_vote, valid_patch_mask
 
-__all__ = ["attention_decomposition", "cc_conv2d", "cc_conv2d_grid", "sq_l2_distance"]
+__all__ = [
+    "attention_decomposition",
+    "cc_conv2d",
+    "cc_conv2d_grid",
+    "sq_l2_distance",
+    "patch_nn",
+    "patch_match",
+    "patch_vote",
+    "PatchNNResult",
+    "valid_patch_mask",
+]

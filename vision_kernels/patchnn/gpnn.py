@@ -1,0 +1,242 @@
+"""GPNN: coarse-to-fine patch nearest-neighbour synthesis (Granot et al., "Drop the GAN", CVPR 2022).
+
+Given a source ``x`` (``[T, H, W, C]``; an image is ``T = 1``) and an initial guess at the coarsest
+scale, GPNN builds the source pyramid ``x_L`` (coarsest) ... ``x_0 = x`` and, at every level, runs
+``iterations`` PNN steps on the current output ``y``::
+
+    Q = patches(y),  K = patches(keys),  V = patches(x_l)
+    j(i) = argmin_j  D(Q_i, K_j) / (alpha + min_l D(Q_l, K_j))     (completeness-normalized NN)
+    y    = fold(V[j])                                                 (voting: mean of overlaps)
+
+with ``keys`` = the coarser source ``x_{l+1}`` upscaled to level ``l`` (a blurred ``x_l``) on the
+first step of a level and ``x_l`` itself afterwards, and ``y`` upscaled from the previous level to
+start each level. ``D`` is the mean squared patch difference (pixels in [0, 1]). Applications
+(:mod:`vision_kernels.patchnn.apps`) differ only in the initial guess, the output size, and masks.
+The pyramid code is written for ``[T, H, W, C]`` with separate spatial and temporal factors, so
+VGPNN (videos, 3x7x7 patches) uses the same machinery.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from .._progress import progress
+from ..ops.patch_nn import normalize_patch_size, patch_vote, valid_patch_mask
+from .pyramid import build_pyramid, level_scales, resize, scaled_shapes
+from .search import SEARCH_METHODS, search_patches
+
+__all__ = ["GPNNConfig", "pnn_step", "synthesize", "as_video", "pyramid_plan"]
+
+
+@dataclass(frozen=True)
+class GPNNConfig:
+    """Settings of GPNN; the defaults are the paper's / official code's.
+
+    Attributes:
+        patch_size: ``p`` (``p x p`` spatial patches), ``(ph, pw)`` or ``(pt, ph, pw)``. Default 7.
+        pyramid_ratio: spatial downscale between levels (4/3).
+        coarsest: shorter spatial side at the coarsest level (14 px).
+        temporal_ratio: temporal downscale between levels (1: none; videos only).
+        coarsest_frames: fewest frames at any level (videos only).
+        iterations: PNN steps per level (10).
+        coarsest_iterations: PNN steps at the coarsest level (None: ``iterations``). Repeated steps
+            at the coarsest level drift toward the source's own layout (the identity match is a
+            fixed point that spreads), so fewer steps there keep random samples diverse.
+        alpha: completeness weight of the normalized score on the scale of ``D``, the mean squared
+            difference of [0, 1] pixels (0.005); ``None`` for plain nearest neighbours.
+        noise_std: standard deviation of the noise added to the coarsest initial guess of random
+            generation (0.75, one draw per pixel shared by the channels).
+        search: ``"exact"`` (exact kernel), ``"patchmatch"`` (approximate) or ``"faiss"``
+            (``alpha=None`` only).
+        patchmatch_iterations: PatchMatch steps per search (warm-started across PNN steps).
+        reduction: voting reduction, ``"mean"``, ``"gaussian"`` or ``"median"``.
+        progress: show a progress bar (None: the global vision_kernels setting).
+    """
+
+    patch_size: int | tuple[int, ...] = 7
+    pyramid_ratio: float = 4 / 3
+    coarsest: int = 14
+    temporal_ratio: float = 1.0
+    coarsest_frames: int = 1
+    iterations: int = 10
+    coarsest_iterations: int | None = None
+    alpha: float | None = 0.005
+    noise_std: float = 0.75
+    search: str = "exact"
+    patchmatch_iterations: int = 6
+    reduction: str = "mean"
+    progress: bool | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        name = "vision_kernels.patchnn.GPNNConfig"
+        normalize_patch_size(self.patch_size, name)
+        if self.search not in SEARCH_METHODS:
+            raise ValueError(f"{name}: argument 'search' must be one of {SEARCH_METHODS}, got {self.search!r}")
+        if self.search == "faiss" and self.alpha is not None:
+            raise ValueError(f"{name}: search='faiss' needs alpha=None (FAISS has no normalized score)")
+        if self.iterations < 1:
+            raise ValueError(f"{name}: argument 'iterations' must be >= 1, got {self.iterations}")
+        if self.coarsest_iterations is not None and self.coarsest_iterations < 1:
+            raise ValueError(f"{name}: argument 'coarsest_iterations' must be >= 1, got {self.coarsest_iterations}")
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"{name}: argument 'alpha' must be None or > 0, got {self.alpha}")
+        if self.noise_std < 0:
+            raise ValueError(f"{name}: argument 'noise_std' must be >= 0, got {self.noise_std}")
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        return normalize_patch_size(self.patch_size, "vision_kernels.patchnn.GPNNConfig")
+
+    def with_(self, **changes: object) -> GPNNConfig:
+        """A copy with some settings changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def as_video(x: Tensor, name: str = "image") -> tuple[Tensor, bool]:
+    """``[H, W, C]`` -> ``[1, H, W, C]`` (and whether it was an image); ``[T, H, W, C]`` unchanged."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"vision_kernels.patchnn: argument '{name}' must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 3:
+        return x[None], True
+    if x.dim() == 4:
+        return x, False
+    raise ValueError(
+        f"vision_kernels.patchnn: argument '{name}' must have shape [H, W, C] or [T, H, W, C], got {tuple(x.shape)}"
+    )
+
+
+def pnn_step(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    config: GPNNConfig,
+    *,
+    query_mask: Tensor | None = None,
+    key_mask: Tensor | None = None,
+    seed: int = 0,
+    init: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One PNN step: every query patch is replaced by the value patch at its nearest key, then the
+    overlapping value patches are voted into a new image. ``keys`` and ``values`` share a shape.
+
+    Returns ``(image, index)``; ``image`` has the shape of ``queries`` (positions no searched query
+    patch covers hold 0), ``index`` the chosen flat key index per query position (-1 if masked).
+    """
+    found = search_patches(
+        queries,
+        keys,
+        config.patch,
+        method=config.search,
+        alpha=config.alpha,
+        query_mask=query_mask,
+        key_mask=key_mask,
+        seed=seed,
+        init=init,
+        patchmatch_iterations=config.patchmatch_iterations,
+    )
+    return patch_vote(values, found.index, config.patch, reduction=config.reduction), found.index
+
+
+def _fit_patch(config: GPNNConfig, shapes: Sequence[Sequence[int]]) -> None:
+    pt, ph, pw = config.patch
+    small = [s for s in shapes if s[0] < pt or s[1] < ph or s[2] < pw]
+    if small:
+        raise ValueError(
+            f"vision_kernels.patchnn: patch_size {config.patch} does not fit in pyramid level {tuple(small[-1])}; "
+            "raise 'coarsest' or use smaller patches"
+        )
+
+
+def pyramid_plan(
+    source_shape: Sequence[int], output_shape: Sequence[int], config: GPNNConfig
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """``(source shapes, output shapes)`` of every level, finest first.
+
+    Both pyramids use the same per-level scales, computed from the smaller of the two shapes so
+    that the coarsest level of each has its shorter side at least ``config.coarsest``.
+    """
+    smallest = [min(int(a), int(b)) for a, b in zip(source_shape[:3], output_shape[:3], strict=True)]
+    scales = level_scales(
+        smallest,
+        ratio=config.pyramid_ratio,
+        coarsest=config.coarsest,
+        temporal_ratio=config.temporal_ratio,
+        coarsest_frames=config.coarsest_frames,
+    )
+    return scaled_shapes(source_shape, scales), scaled_shapes(output_shape, scales)
+
+
+def synthesize(
+    source: Tensor,
+    coarse_guess: Tensor,
+    output_shape: Sequence[int],
+    config: GPNNConfig,
+    *,
+    hole: Tensor | None = None,
+    seed: int = 0,
+    key_masks: Sequence[Tensor] | None = None,
+) -> Tensor:
+    """Run GPNN from ``coarse_guess`` (the output's coarsest level) to an output of ``output_shape``.
+
+    Args:
+        source: ``[T, H, W, C]`` source (keys and values come from its pyramid).
+        coarse_guess: ``[T, H, W, C]`` initial output at the coarsest level (resized to the coarsest
+            output shape if it differs).
+        output_shape: ``(T, H, W)`` of the output; the output pyramid uses the source's level scales.
+        config: :class:`GPNNConfig`.
+        hole: optional bool ``[T, H, W]`` over the source (inpainting; output shape = source shape):
+            only patches touching the hole are searched, keys never overlap it, and pixels outside it
+            keep the source's values at every level.
+        seed: seed of the PatchMatch search.
+        key_masks: optional per-level bool masks over the key patch grids (finest first), e.g. the
+            valid regions of a padded collage stack.
+
+    Returns:
+        ``[T, H, W, C]`` output.
+    """
+    source_shapes, output_shapes = pyramid_plan(source.shape, output_shape, config)
+    _fit_patch(config, source_shapes + output_shapes)
+    sources = build_pyramid(source, source_shapes)  # finest first
+    holes = None
+    if hole is not None:
+        if tuple(output_shape) != tuple(source.shape[:3]):
+            raise ValueError("vision_kernels.patchnn: inpainting keeps the source's shape")
+        holes = [resize(hole.float()[..., None], s)[..., 0] > 0 for s in source_shapes]
+    y = resize(coarse_guess, output_shapes[-1]) if tuple(coarse_guess.shape[:3]) != output_shapes[-1] else coarse_guess
+    levels = len(source_shapes)
+    coarsest_steps = config.iterations if config.coarsest_iterations is None else config.coarsest_iterations
+    steps = [
+        (level, step)
+        for level in reversed(range(levels))
+        for step in range(coarsest_steps if level == levels - 1 else config.iterations)
+    ]
+    index = None
+    for level, step in progress(steps, desc="GPNN", enabled=config.progress):
+        values = sources[level]
+        if step == 0:
+            if level < levels - 1:
+                y = resize(y, output_shapes[level])
+                keys = resize(sources[level + 1], source_shapes[level])  # blurred: upscaled coarser source
+            else:
+                keys = values
+            index = None
+        else:
+            keys = values
+        query_mask = key_mask = None
+        if holes is not None:
+            known = ~holes[level]
+            y = torch.where(known[..., None], values, y)
+            key_mask = valid_patch_mask(known, config.patch)
+            query_mask = ~valid_patch_mask(known, config.patch)  # patches touching the hole
+        if key_masks is not None:
+            key_mask = key_masks[level] if key_mask is None else key_mask & key_masks[level]
+        voted, index = pnn_step(
+            y, keys, values, config, query_mask=query_mask, key_mask=key_mask, seed=seed + step, init=index
+        )
+        y = voted if holes is None else torch.where(holes[level][..., None], voted, values)
+    return y

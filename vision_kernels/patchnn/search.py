@@ -1,0 +1,131 @@
+"""Patch search backends for the PNN step: exact (vision_kernels kernel), PatchMatch, or FAISS.
+
+``exact``      :func:`vision_kernels.ops.patch_nn`, plain or normalized (``alpha``), exact.
+``patchmatch`` :func:`vision_kernels.ops.patch_match`, plain or normalized, approximate, seeded,
+               warm-started from the previous iteration's matches when given.
+``faiss``      FAISS on unfolded patches, ``alpha=None`` only: ``IndexFlatL2`` (exact in FAISS's own
+               float32 GEMM arithmetic) or ``IndexIVFFlat`` (approximate); on the GPU when
+               faiss-gpu is installed and the tensors are on CUDA, else faiss-cpu.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..ops.patch_nn import PatchNNResult, normalize_patch_size, patch_match, patch_nn
+from ..reference.patch_nn import unfold_patches
+
+__all__ = ["SEARCH_METHODS", "search_patches", "faiss_patch_nn"]
+
+SEARCH_METHODS = ("exact", "patchmatch", "faiss")
+
+
+def search_patches(
+    queries: Tensor,
+    keys: Tensor,
+    patch_size: int | Sequence[int],
+    *,
+    method: str = "exact",
+    alpha: float | None = None,
+    query_mask: Tensor | None = None,
+    key_mask: Tensor | None = None,
+    seed: int = 0,
+    init: Tensor | None = None,
+    patchmatch_iterations: int = 6,
+    faiss_index: str = "flat",
+) -> PatchNNResult:
+    """Nearest key patch of every query patch with the chosen backend (inputs ``[T, H, W, C]``)."""
+    if method == "exact":
+        return patch_nn(queries, keys, patch_size, alpha=alpha, query_mask=query_mask, key_mask=key_mask)
+    if method == "patchmatch":
+        return patch_match(
+            queries,
+            keys,
+            patch_size,
+            alpha=alpha,
+            iterations=patchmatch_iterations,
+            seed=seed,
+            query_mask=query_mask,
+            key_mask=key_mask,
+            init=init,
+        )
+    if method == "faiss":
+        if alpha is not None:
+            raise ValueError(
+                "vision_kernels.patchnn: argument 'alpha' must be None with method='faiss' (FAISS has no "
+                f"normalized score), got {alpha}; use method='exact' or 'patchmatch'"
+            )
+        return faiss_patch_nn(queries, keys, patch_size, query_mask=query_mask, key_mask=key_mask, index=faiss_index)
+    raise ValueError(f"vision_kernels.patchnn: argument 'method' must be one of {SEARCH_METHODS}, got {method!r}")
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss is a dependency of the [faiss] extra
+        raise ImportError(
+            "vision_kernels.patchnn: method='faiss' needs faiss (pip install faiss-cpu, or faiss-gpu for CUDA)"
+        ) from error
+    return faiss
+
+
+def faiss_patch_nn(
+    queries: Tensor,
+    keys: Tensor,
+    patch_size: int | Sequence[int],
+    *,
+    query_mask: Tensor | None = None,
+    key_mask: Tensor | None = None,
+    index: str = "flat",
+    nlist: int | None = None,
+    nprobe: int = 8,
+) -> PatchNNResult:
+    """Plain patch nearest neighbours with FAISS on unfolded float32 patches (``[T, H, W, C]`` inputs).
+
+    ``index="flat"``: ``IndexFlatL2`` (exhaustive; ties and rounding are FAISS's, not the exact
+    arithmetic of :func:`patch_nn`). ``index="ivf"``: ``IndexIVFFlat`` with ``nlist`` cells (default
+    ``4 sqrt(Nk)``) trained on the keys, ``nprobe`` visited per query (approximate). Returns
+    :class:`PatchNNResult` with flat key indices and ``D = |q - k|^2 / n`` from FAISS.
+    """
+    faiss = _faiss()
+    patch = normalize_patch_size(patch_size, "vision_kernels.patchnn.faiss_patch_nn")
+    q = unfold_patches(queries, patch)  # [Tq', Hq', Wq', n]
+    grid, n = q.shape[:3], q.shape[-1]
+    q = q.reshape(-1, n)
+    k = unfold_patches(keys, patch).reshape(-1, n)
+    key_rows = torch.arange(k.shape[0], device=k.device)
+    if key_mask is not None:
+        key_rows = key_rows[key_mask.reshape(-1)]
+        k = k[key_rows]
+    query_rows = torch.arange(q.shape[0], device=q.device)
+    if query_mask is not None:
+        query_rows = query_rows[query_mask.reshape(-1)]
+        q = q[query_rows]
+    kn = k.float().contiguous().cpu().numpy()
+    qn = q.float().contiguous().cpu().numpy()
+    if index == "flat":
+        searcher = faiss.IndexFlatL2(n)
+    elif index == "ivf":
+        cells = nlist or max(1, min(len(kn) // 39, int(4 * math.sqrt(len(kn)))))
+        searcher = faiss.IndexIVFFlat(faiss.IndexFlatL2(n), n, cells)
+        searcher.train(kn)
+        searcher.nprobe = nprobe
+    else:
+        raise ValueError(
+            f"vision_kernels.patchnn.faiss_patch_nn: argument 'index' must be 'flat' or 'ivf', got {index!r}"
+        )
+    if queries.device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
+        searcher = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), queries.device.index or 0, searcher)
+    searcher.add(kn)
+    distances, found = searcher.search(qn, 1)
+    found_t = torch.from_numpy(found[:, 0]).to(queries.device)
+    index_out = torch.full((grid.numel(),), -1, dtype=torch.long, device=queries.device)
+    distance_out = torch.full((grid.numel(),), math.inf, dtype=torch.float32, device=queries.device)
+    hit = found_t >= 0
+    index_out[query_rows[hit]] = key_rows[found_t[hit]]
+    distance_out[query_rows[hit]] = torch.from_numpy(distances[:, 0]).to(queries.device)[hit] / n
+    return PatchNNResult(index_out.view(grid), distance_out.view(grid))
