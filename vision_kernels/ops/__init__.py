@@ -7,5 +7,6 @@ Public functions accept torch tensors, and numpy (CPU) or cupy (GPU) arrays thro
 """
 
 from .distance import sq_l2_distance
+from .pca import pca_project, pca_reconstruct
 
-__all__ = ["sq_l2_distance"]
+__all__ = ["sq_l2_distance", "pca_project", "pca_reconstruct"]

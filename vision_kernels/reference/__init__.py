@@ -5,6 +5,6 @@ same conventions (shapes, dtypes, accumulation precision) as the ops, and take n
 that the kernels take.
 """
 
-from . import distance
+from . import distance, pca
 
-__all__ = ["distance"]
+__all__ = ["distance", "pca"]
