@@ -473,3 +473,22 @@ def pca_reconstruct(
             0
         ]
     return torch.ops.vision_kernels.pca_reconstruct(coeffs, mean, std, basis, out_dtype, check_finite)
+
+
+def standardize_block(x: Tensor, mean: Tensor | None, inverse_std: Tensor, out: Tensor | None = None) -> Tensor:
+    """``(x - mean) * inverse_std`` in the accumulation dtype of ``x``, by the native dequantize +
+    standardize kernel (no autograd; used by the streaming PCA fit on blocks of rows).
+
+    ``x``: ``[B, D]`` any floating dtype and strides; ``mean``/``inverse_std``: ``[D]`` (converted to
+    the accumulation dtype); ``out``: optional ``[B, D]`` buffer in the accumulation dtype.
+    """
+    accumulate = accumulation_dtype(x.dtype)
+    shift = mean.to(accumulate).contiguous() if mean is not None else x.new_empty((0,), dtype=accumulate)
+    scale = inverse_std.to(accumulate).contiguous()
+    if out is None:
+        out = x.new_empty(x.shape, dtype=accumulate)
+    if x.device.type == "cpu":
+        _cpu_backend().standardize(x, shift, scale, out)
+    else:
+        _Backend(_native.cuda_module(), _native.cuda_stream(x)).standardize(x, shift, scale, out)
+    return out
