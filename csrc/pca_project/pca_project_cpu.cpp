@@ -144,38 +144,28 @@ void store_row(const A* source, index_t n, O* target, index_t stride) {
   for (index_t i = 0; i < n; ++i) target[i * stride] = static_cast<O>(Scalar<O>::store(source[i]));
 }
 
+// values[i] = standardize(values[i], shift[i], scale[i]), or destandardize(values[i], scale[i], shift[i])
+// when `inverse` (the branch is outside the loop, so both loops vectorize).
 template <typename A>
-VK_FORCE_INLINE void standardize_impl(A* values, const A* shift, const A* scale, index_t n) {
-  for (index_t i = 0; i < n; ++i) values[i] = standardize(values[i], shift[i], scale[i]);
+VK_FORCE_INLINE void affine_impl(A* values, const A* shift, const A* scale, index_t n, bool inverse) {
+  if (inverse) {
+    for (index_t i = 0; i < n; ++i) values[i] = destandardize(values[i], scale[i], shift[i]);
+  } else {
+    for (index_t i = 0; i < n; ++i) values[i] = standardize(values[i], shift[i], scale[i]);
+  }
 }
-VK_CPU_MULTIVERSION void standardize_f32(float* values, const float* shift, const float* scale, index_t n) {
-  standardize_impl(values, shift, scale, n);
+VK_CPU_MULTIVERSION void affine_f32(float* values, const float* shift, const float* scale, index_t n, bool inverse) {
+  affine_impl(values, shift, scale, n, inverse);
 }
-VK_CPU_MULTIVERSION void standardize_f64(double* values, const double* shift, const double* scale, index_t n) {
-  standardize_impl(values, shift, scale, n);
+VK_CPU_MULTIVERSION void affine_f64(double* values, const double* shift, const double* scale, index_t n,
+                                    bool inverse) {
+  affine_impl(values, shift, scale, n, inverse);
 }
-inline void standardize_in_place(float* v, const float* shift, const float* scale, index_t n) {
-  standardize_f32(v, shift, scale, n);
+inline void affine(float* v, const float* shift, const float* scale, index_t n, bool inverse) {
+  affine_f32(v, shift, scale, n, inverse);
 }
-inline void standardize_in_place(double* v, const double* shift, const double* scale, index_t n) {
-  standardize_f64(v, shift, scale, n);
-}
-
-template <typename A>
-VK_FORCE_INLINE void destandardize_impl(A* values, const A* scale, const A* shift, index_t n) {
-  for (index_t i = 0; i < n; ++i) values[i] = destandardize(values[i], scale[i], shift[i]);
-}
-VK_CPU_MULTIVERSION void destandardize_f32(float* values, const float* scale, const float* shift, index_t n) {
-  destandardize_impl(values, scale, shift, n);
-}
-VK_CPU_MULTIVERSION void destandardize_f64(double* values, const double* scale, const double* shift, index_t n) {
-  destandardize_impl(values, scale, shift, n);
-}
-inline void destandardize_in_place(float* v, const float* scale, const float* shift, index_t n) {
-  destandardize_f32(v, scale, shift, n);
-}
-inline void destandardize_in_place(double* v, const double* scale, const double* shift, index_t n) {
-  destandardize_f64(v, scale, shift, n);
+inline void affine(double* v, const double* shift, const double* scale, index_t n, bool inverse) {
+  affine_f64(v, shift, scale, n, inverse);
 }
 
 // shift as a dense [D] array (zeros when absent).
@@ -286,7 +276,7 @@ void standardize_typed(const TensorRef& x_ref, const TensorRef& shift_ref, const
       const index_t n = std::min(kColumnBlock, dims - d0);
       A* target = out.stride[1] == 1 ? &out(b, d0) : buffer.data();
       load_row(&x(b, d0), x.stride[1], n, target);
-      standardize_in_place(target, shift + d0, scale + d0, n);
+      affine(target, shift + d0, scale + d0, n, false);
       if (target == buffer.data())
         for (index_t i = 0; i < n; ++i) out(b, d0 + i) = buffer[static_cast<std::size_t>(i)];
     }
@@ -310,7 +300,7 @@ void destandardize_typed(const TensorRef& acc_ref, const TensorRef& scale_ref, c
       const index_t b = item / blocks, d0 = (item % blocks) * kColumnBlock;
       const index_t n = std::min(kColumnBlock, dims - d0);
       load_row(&accumulated(b, d0), accumulated.stride[1], n, buffer.data());
-      destandardize_in_place(buffer.data(), scale + d0, shift + d0, n);
+      affine(buffer.data(), shift + d0, scale + d0, n, true);
       store_row(buffer.data(), n, &out(b, d0), out.stride[1]);
     }
   });

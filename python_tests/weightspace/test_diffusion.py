@@ -29,6 +29,18 @@ def fresh_unet(identities) -> torch.nn.Module:
     return unet
 
 
+def tiny_pipeline(unet: torch.nn.Module):
+    """A StableDiffusionPipeline around a tiny UNet (no VAE, no text encoder: prompt embeddings and
+    latents are passed directly)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler(steps_offset=1, clip_sample=False)
+    return StableDiffusionPipeline(
+        vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+
+
 def test_each_fine_tuned_model_fits_its_own_image_best(identities) -> None:
     space, unet = identities.space, fresh_unet(identities)
     count = len(identities.images)
@@ -74,21 +86,10 @@ def test_inversion_lowers_the_loss_and_moves_towards_the_target(identities, targ
 
 
 def test_inverted_model_exported_as_adapter_loads_in_a_pipeline(tmp_path, identities) -> None:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
     space, unet = identities.space, fresh_unet(identities)
     result = invert(space, unet, identities.scheduler, identities.images[1], identities.prompt, steps=5, lr=0.3)
     folder = space.export_adapter(tmp_path / "inverted", result.coefficients, format="diffusers")
-    pipe = StableDiffusionPipeline(
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        unet=fresh_unet(identities),
-        scheduler=DDIMScheduler(steps_offset=1, clip_sample=False),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = tiny_pipeline(fresh_unet(identities))
     pipe.load_lora_weights(folder)
     sample, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 700])
     prompt = identities.prompt.expand(2, -1, -1)
@@ -150,19 +151,8 @@ def test_delayed_injection_in_a_sampling_loop(identities) -> None:
 
 
 def test_delayed_injection_inside_a_diffusers_pipeline(identities) -> None:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
     space = identities.space
-    pipe = StableDiffusionPipeline(
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        unet=fresh_unet(identities),
-        scheduler=DDIMScheduler(steps_offset=1, clip_sample=False),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = tiny_pipeline(fresh_unet(identities))
     original = space.reconstruct(space.coefficients[1])
     edited = space.reconstruct(space.coefficients[1] + 3 * torch.eye(space.n_components)[1])
     prompt = identities.prompt

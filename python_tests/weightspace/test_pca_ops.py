@@ -17,6 +17,7 @@ from vision_kernels.testing import assert_low_precision_parity, emulated
 PROJECT = torch.ops.vision_kernels.pca_project
 RECONSTRUCT = torch.ops.vision_kernels.pca_reconstruct
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["float32", "float64", "float16", "bfloat16"]
 
 
 def cpu_project(w, mean, std, basis, check_finite=True):
@@ -73,9 +74,10 @@ def assert_reconstruct_parity(got, c, mean, std, basis, out_dtype=None, what="")
 
 
 @pytest.mark.parametrize("kernel", PROJECTS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize(
-    ("rows", "dims", "components"), [(1, 1, 1), (3, 70, 5), (16, 131, 129), (17, 90, 33), (40, 257, 7)]
+    ("rows", "dims", "components"),
+    [(1, 1, 1), (3, 70, 5), (16, 131, 129), (17, 90, 33), (40, 257, 7), (3, 1100, 5)],
 )
 def test_project_parity(kernel, dtype, rows, dims, components) -> None:
     mean, std, basis = make_space(dims, components, dtype)
@@ -84,7 +86,7 @@ def test_project_parity(kernel, dtype, rows, dims, components) -> None:
 
 
 @pytest.mark.parametrize("kernel", RECONSTRUCTS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize(
     ("rows", "dims", "components"), [(1, 1, 1), (3, 70, 5), (16, 131, 129), (17, 90, 33), (40, 257, 7)]
 )

@@ -93,7 +93,8 @@ def test_column_statistics_match_torch_and_floor_the_std() -> None:
     x = torch.randn(300, 40, dtype=torch.float64) * torch.linspace(0.1, 3, 40, dtype=torch.float64) + 5
     x[:, 7] = 2.5  # a constant dimension
     stats = column_statistics(TensorRows(x.float()), block_rows=64, std_floor=1e-3)
-    torch.testing.assert_close(stats.mean, x.float().double().mean(0), rtol=1e-9, atol=1e-9)
+    # Block statistics are accumulated in float64 and rounded to float32 once per block.
+    torch.testing.assert_close(stats.mean, x.float().double().mean(0), rtol=1e-7, atol=1e-9)
     expected = x.float().double().std(0)
     torch.testing.assert_close(stats.raw_std, expected, rtol=1e-7, atol=1e-9)
     assert stats.std[7] == 1e-3 and stats.floored == 1

@@ -89,35 +89,34 @@ def _check_storage_dtype(check: ArgCheck, t: Tensor, name: str, basis: Tensor) -
         )
 
 
-def _check_project(w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor) -> None:
-    check = ArgCheck(PROJECT)
-    check.rank(w, "w", 2, "[B, D]")
-    check.floating(w, "w")
-    _check_basis(check, basis, w, "w")
-    if basis.shape[0] != w.shape[1]:
+def _check_operands(
+    function: str, x: Tensor, name: str, layout: str, mean: Tensor | None, std: Tensor, basis: Tensor
+) -> ArgCheck:
+    """Checks shared by both ops; ``x`` ([B, D] weights or [B, K] coefficients) must match ``basis``
+    along its dimension 1 (project: basis dimension 0, reconstruct: basis dimension 1)."""
+    check = ArgCheck(function)
+    check.rank(x, name, 2, layout)
+    check.floating(x, name)
+    _check_basis(check, basis, x, name)
+    axis, what = (0, f"D, the width of {name}") if name == "w" else (1, "K, the number of coefficients")
+    if basis.shape[axis] != x.shape[1]:
         check.fail(
             "basis",
-            f"must have size {w.shape[1]} in dimension 0 (D, the width of w), got shape "
-            f"[{basis.shape[0]}, {basis.shape[1]}]",
+            f"must have size {x.shape[1]} in dimension {axis} ({what}), got shape [{basis.shape[0]}, {basis.shape[1]}]",
         )
     _check_mean_std(check, mean, std, basis)
+    return check
+
+
+def _check_project(w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor) -> None:
+    check = _check_operands(PROJECT, w, "w", "[B, D]", mean, std, basis)
     _check_storage_dtype(check, w, "w", basis)
 
 
 def _check_reconstruct(
     coeffs: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, out_dtype: torch.dtype | None
 ) -> None:
-    check = ArgCheck(RECONSTRUCT)
-    check.rank(coeffs, "coeffs", 2, "[B, K]")
-    check.floating(coeffs, "coeffs")
-    _check_basis(check, basis, coeffs, "coeffs")
-    if basis.shape[1] != coeffs.shape[1]:
-        check.fail(
-            "basis",
-            f"must have size {coeffs.shape[1]} in dimension 1 (K, the number of coefficients), "
-            f"got shape [{basis.shape[0]}, {basis.shape[1]}]",
-        )
-    _check_mean_std(check, mean, std, basis)
+    check = _check_operands(RECONSTRUCT, coeffs, "coeffs", "[B, K]", mean, std, basis)
     if out_dtype is not None and out_dtype not in FLOATING:
         check.fail("out_dtype", f"must be a floating dtype, got {out_dtype}", TypeError)
 

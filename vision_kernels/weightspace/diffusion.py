@@ -16,7 +16,7 @@ Everything here works the same on any UNet2DConditionModel; the tests use tiny r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +147,16 @@ def _draws(scheduler: Any, shape: torch.Size, generator: torch.Generator, batch:
     return noise, timesteps
 
 
+def _training_batch(
+    source: Latents, scheduler: Any, generator: torch.Generator, batch_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x0, noise, timesteps)``: the latents (a fresh posterior draw) repeated ``batch_size`` times,
+    each copy with its own noise and timestep."""
+    x0 = _repeat(source.sample(generator), batch_size)
+    noise, timesteps = _draws(scheduler, x0.shape, generator, x0.shape[0])
+    return x0, noise.to(x0), timesteps.to(x0.device)
+
+
 def finetune_lora(
     unet: torch.nn.Module,
     scheduler: Any,
@@ -192,9 +202,8 @@ def finetune_lora(
             optimizer = torch.optim.Adam(trainable.values(), lr=lr)
             generator = torch.Generator().manual_seed(seed)
             for _ in progress(range(steps), desc="fine-tuning LoRA", enabled=show_progress):
-                x0 = _repeat(source.sample(generator), batch_size)
-                noise, timesteps = _draws(scheduler, x0.shape, generator, x0.shape[0])
-                loss = denoising_loss(unet, scheduler, x0, encoder_hidden_states, noise.to(x0), timesteps.to(x0.device))
+                x0, noise, timesteps = _training_batch(source, scheduler, generator, batch_size)
+                loss = denoising_loss(unet, scheduler, x0, encoder_hidden_states, noise, timesteps)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -244,6 +253,7 @@ def invert(
     init: Tensor | None = None,
     seed: int = 0,
     adapter_name: str = "w2w",
+    callback: Callable[[int, Tensor], None] | None = None,
     show_progress: bool | None = None,
 ) -> InversionResult:
     """Invert one image into the weight space (weights2weights, section "Inversion").
@@ -256,7 +266,8 @@ def invert(
     one, 400 steps, lr 0.1, on 10,000 components). Adam from ``init`` (default: the mean model, ``c = 0``).
 
     The UNet's own weights stay frozen; afterwards it carries the inverted model as adapter
-    ``adapter_name`` (attached if needed), ready for generation.
+    ``adapter_name`` (attached if needed), ready for generation. ``callback(step, coefficients)``
+    is called after every step (e.g. to monitor the loss on fixed draws).
     """
     function = "vision_kernels.weightspace.invert"
     layout = _space_layout(space, function)
@@ -271,24 +282,19 @@ def invert(
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     with _frozen(unet):
-        for _ in progress(range(steps), desc="inverting", enabled=show_progress):
-            x0 = _repeat(source.sample(generator), batch_size)
-            noise, timesteps = _draws(scheduler, x0.shape, generator, x0.shape[0])
+        for step in progress(range(steps), desc="inverting", enabled=show_progress):
+            x0, noise, timesteps = _training_batch(source, scheduler, generator, batch_size)
             weights = space.reconstruct(coefficients)  # [D], differentiable in c
+            parameters = lora_parameters(weights.to(x0.device), layout, adapter_name)
             loss = denoising_loss(
-                unet,
-                scheduler,
-                x0,
-                encoder_hidden_states,
-                noise.to(x0),
-                timesteps.to(x0.device),
-                mask=mask,
-                parameters=lora_parameters(weights.to(x0.device), layout, adapter_name),
+                unet, scheduler, x0, encoder_hidden_states, noise, timesteps, mask=mask, parameters=parameters
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            if callback is not None:
+                callback(step, coefficients.detach())
     result = coefficients.detach().float()
     load_vector_into(unet, space.reconstruct(result).to(next(unet.parameters()).device), layout, adapter_name)
     return InversionResult(result.cpu(), losses)
@@ -317,20 +323,11 @@ def evaluate_denoising_loss(
     generator = torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(draws):
-        x0 = source.sample(generator)
-        noise, timesteps = _draws(scheduler, x0.shape, generator, x0.shape[0])
-        total += float(
-            denoising_loss(
-                unet,
-                scheduler,
-                x0,
-                encoder_hidden_states,
-                noise.to(x0),
-                timesteps.to(x0.device),
-                mask=mask,
-                parameters=parameters,
-            )
+        x0, noise, timesteps = _training_batch(source, scheduler, generator, 1)
+        loss = denoising_loss(
+            unet, scheduler, x0, encoder_hidden_states, noise, timesteps, mask=mask, parameters=parameters
         )
+        total += float(loss)
     return total / draws
 
 

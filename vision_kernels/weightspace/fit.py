@@ -11,7 +11,7 @@ work on the N x N side, on the operator ``G = Z Z^T = U S^2 U^T``:
   final small SVD (Rayleigh-Ritz): ``G`` restricted to ``span(Q)`` is ``T = Q^T G Q`` (l x l,
   l = K + oversample), ``T = W L W^T``, ``U = Q W``, ``S = sqrt(L)``, and
   ``V = Z^T U S^-1`` from one more pass. G is applied either from an N x N cache built by streaming
-  pairs of row blocks (when ``8 N^2`` bytes fit ``gram_memory``; then power iterations are nearly
+  pairs of row blocks (when ``4 N^2`` bytes fit ``gram_memory``; then power iterations are nearly
   free) or as ``Z (Z^T Q)`` with two streaming passes (any N; there the final pass also gives T).
 * :func:`fit_exact`: G in float64 and its full eigendecomposition: the exact answer for small
   datasets, used to check the streaming fit.
@@ -71,7 +71,8 @@ def _describe_row(rows: RowMatrix, row: int, column: int) -> str:
 def column_statistics(
     rows: RowMatrix, *, std_floor: float | None = None, block_rows: int = 1024, show_progress: bool | None = None
 ) -> ColumnStatistics:
-    """One streaming pass: per-dimension mean and unbiased std (Chan's parallel update in float64).
+    """One streaming pass: per-dimension mean and unbiased std (per block ``torch.var_mean``, which
+    accumulates in float64 on CPU, merged across blocks by Chan's parallel update in float64).
 
     ``std_floor``: std values below it are raised to it (dimensions that barely vary would
     otherwise be blown up to unit variance, and a zero std makes standardization undefined).
@@ -89,14 +90,16 @@ def column_statistics(
         block = rows.read(start, min(count, start + block_rows))
         for sub in range(0, block.shape[0], _STATS_ROWS):
             x = block[sub : sub + _STATS_ROWS]
-            finite = torch.isfinite(x)
-            if not bool(finite.all()):
-                row, column = (int(i) for i in (~finite).nonzero()[0])
+            n = x.shape[0]
+            # One pass per sub-block (Welford, float64 accumulation on CPU); NaN/Inf shows up here.
+            block_var, block_mean = torch.var_mean(x if x.dtype in (torch.float32, torch.float64) else x.float(),
+                                                   0, correction=0)  # fmt: skip
+            if not bool(torch.isfinite(block_mean).all() and torch.isfinite(block_var).all()):
+                row, column = (int(i) for i in (~torch.isfinite(x)).nonzero()[0])
                 where = _describe_row(rows, start + sub + row, column)
                 raise ValueError(f"vision_kernels.weightspace: the weights hold NaN or Inf at {where}")
-            n = x.shape[0]
-            block_mean = torch.sum(x, 0, dtype=torch.float64) / n  # [D]
-            block_m2 = torch.sum((x.to(torch.float64) - block_mean).square_(), 0)  # [D]
+            block_mean = block_mean.to(torch.float64)  # [D]
+            block_m2 = block_var.to(torch.float64) * n  # [D]
             delta = block_mean - mean
             total = seen + n
             mean += delta * (n / total)
@@ -135,24 +138,40 @@ def _ranges(count: int, size: int) -> list[tuple[int, int]]:
 
 
 def _gram(z: _Standardized, count: int, memory: int, show_progress: bool | None) -> Tensor:
-    """G = Z Z^T (float64 [N, N]) from panels of rows times every earlier block."""
+    """G = Z Z^T ([N, N] in the dtype of the blocks) from panels of rows times every earlier block."""
     dims = z.rows.shape[1]
     panel_rows = _block_rows(dims, memory, 0.5)
     inner_rows = max(1, panel_rows // 2)
-    gram = torch.empty((count, count), dtype=torch.float64, device=z.device)
+    gram = torch.empty((count, count), dtype=z.dtype, device=z.device)
     panels = _ranges(count, panel_rows)
     for a0, a1 in progress(panels, desc="Gram matrix", enabled=show_progress):
         panel = z.block(a0, a1)  # [P, D]
-        gram[a0:a1, a0:a1] = (panel @ panel.T).to(torch.float64)
+        _symmetric_product(panel, gram[a0:a1, a0:a1])
         for b0, b1 in _ranges(a0, inner_rows):
-            product = (panel @ z.block(b0, b1).T).to(torch.float64)  # [P, b]
+            product = panel @ z.block(b0, b1).T  # [P, b]
             gram[a0:a1, b0:b1] = product
             gram[b0:b1, a0:a1] = product.T
     return gram
 
 
+def _symmetric_product(rows: Tensor, out: Tensor, leaf: int = 256) -> None:
+    """``out = rows @ rows.T`` computing each off-diagonal block once (recursive halving), so a
+    diagonal panel costs about half a GEMM."""
+    count = rows.shape[0]
+    if count <= leaf:
+        torch.mm(rows, rows.T, out=out) if out.is_contiguous() else out.copy_(rows @ rows.T)
+        return
+    half = count // 2
+    top, bottom = rows[:half], rows[half:]
+    _symmetric_product(top, out[:half, :half], leaf)
+    _symmetric_product(bottom, out[half:, half:], leaf)
+    cross = bottom @ top.T  # [count - half, half]
+    out[half:, :half] = cross
+    out[:half, half:] = cross.T
+
+
 def _apply_streaming(z: _Standardized, q: Tensor, block_rows: int, show_progress: bool | None, what: str) -> Tensor:
-    """G Q = Z (Z^T Q) with two passes; Q: [N, l] float64 -> [N, l] float64."""
+    """G Q = Z (Z^T Q) with two passes; Q: [N, l] -> [N, l] (in the dtype of the blocks)."""
     count, dims = z.rows.shape
     blocks = _ranges(count, block_rows)
     w = torch.zeros((dims, q.shape[1]), dtype=z.dtype, device=z.device)  # [D, l]
@@ -160,7 +179,7 @@ def _apply_streaming(z: _Standardized, q: Tensor, block_rows: int, show_progress
         w.addmm_(z.block(a, b).T, q[a:b].to(z.dtype))
     y = torch.empty_like(q)
     for a, b in progress(blocks, desc=f"{what}: Z W", enabled=show_progress):
-        y[a:b] = (z.block(a, b) @ w).to(torch.float64)
+        y[a:b] = z.block(a, b) @ w
     return y
 
 
@@ -212,7 +231,7 @@ def fit_streaming(
     n_iter: int = 4,
     seed: int = 0,
     std_floor: float | None = None,
-    memory: int = 2**30,
+    memory: int = 2**31,
     gram_memory: int = 2**31,
     basis_dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
@@ -232,7 +251,7 @@ def fit_streaming(
         seed: seed of the Gaussian test matrix; the fit is deterministic for a given seed.
         std_floor: see :func:`column_statistics`.
         memory: bytes of row blocks held at once (panel + inner block for the Gram cache).
-        gram_memory: cache G in memory when ``8 N^2`` bytes fit; 0 forces the two-pass operator.
+        gram_memory: cache G (float32) in memory when ``4 N^2`` bytes fit; 0 forces the two-pass operator.
         basis_dtype: storage dtype of the basis (float32, or float16/bfloat16 to halve it).
         device: where the GEMMs run ("cpu" or a CUDA device); blocks are read on the host.
         layout, names: override what the source's metadata says.
@@ -254,8 +273,8 @@ def fit_streaming(
     z = _Standardized(rows, stats, device, torch.float32)
     width = min(n_components + oversample, count)
     generator = torch.Generator().manual_seed(seed)
-    omega = torch.randn((count, width), generator=generator, dtype=torch.float64).to(device)  # [N, l]
-    cached = 8 * count * count <= gram_memory
+    omega = torch.randn((count, width), generator=generator).to(device)  # [N, l] float32
+    cached = 4 * count * count <= gram_memory
 
     if cached:
         gram = _gram(z, count, memory, show_progress)
@@ -273,27 +292,29 @@ def fit_streaming(
         q = _orthonormal(apply(q, f"power iteration {iteration + 1}/{n_iter}"))
 
     if cached:
-        small = q.T @ (gram @ q)  # [l, l] = Q^T G Q
+        small = (q.T @ (gram @ q)).double()  # [l, l] = Q^T G Q
         values, vectors = torch.linalg.eigh((small + small.T) / 2)
         order = values.argsort(descending=True)[:n_components]
-        values, u = values[order].clamp(min=0), q @ vectors[:, order]  # [k], [N, k]
+        values, u = values[order].clamp(min=0), q @ vectors[:, order].float()  # [k], [N, k]
         signs = _flip_signs(u)
         u = u * signs
         singular = values.sqrt()
-        basis = _basis_from_u(z, u, 1 / singular.clamp(min=1e-300), block_rows, show_progress)
-        coefficients = (gram @ u) / singular.clamp(min=1e-300)  # exact Z V = G U S^-1
+        inverse = (1 / singular.clamp(min=1e-300)).float()
+        basis = _basis_from_u(z, u, inverse, block_rows, show_progress)
+        coefficients = (gram @ u) * inverse  # exact Z V = G U S^-1
     else:
         w = torch.zeros((dims, width), dtype=torch.float32, device=device)  # Z^T Q
         for a, b in progress(_ranges(count, block_rows), desc="final pass: Z^T Q", enabled=show_progress):
-            w.addmm_(z.block(a, b).T, q[a:b].float())
+            w.addmm_(z.block(a, b).T, q[a:b])
         small = (w.T @ w).to(torch.float64)  # [l, l] = Q^T G Q
         values, vectors = torch.linalg.eigh((small + small.T) / 2)
         order = values.argsort(descending=True)[:n_components]
         values, vectors = values[order].clamp(min=0), vectors[:, order]
+        vectors = vectors.float()
         signs = _flip_signs(q @ vectors)
         vectors = vectors * signs
         singular = values.sqrt()
-        basis = w @ (vectors / singular.clamp(min=1e-300)).float()  # [D, k] = Z^T Q W S^-1
+        basis = w @ (vectors * (1 / singular.clamp(min=1e-300)).float())  # [D, k] = Z^T Q W S^-1
         coefficients = _coefficients_streaming(z, basis, block_rows, show_progress)
 
     meta_layout, meta_names = _metadata_names(rows)

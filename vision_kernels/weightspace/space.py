@@ -143,6 +143,7 @@ class WeightSpace:
         """Weights ``w = (c @ basis[:, :k]^T) * std + mean`` of ``[B, k]`` or ``[k]`` coordinates
         (``k <= K``: the first k components). Differentiable in ``coefficients``."""
         function = "vision_kernels.weightspace.WeightSpace.reconstruct"
+        ArgCheck(function).finite(coefficients.detach(), "coefficients")
         basis = self._components(int(coefficients.shape[-1]), function)
         return pca_reconstruct(coefficients, self.mean, self.std, basis, out_dtype=out_dtype, check_finite=False)
 

@@ -1,8 +1,9 @@
 """Weight matrices ``[N models, D dims]`` read by row blocks from memory or from disk.
 
-The PCA fit streams a dataset that may not fit in memory. Rows are read from ``.safetensors`` or
-``.npy`` files with plain positioned reads into a fresh buffer, never memory-mapped, so the
-resident memory of a pass is one block (a memory map would keep every page it touched resident).
+The PCA fit streams a dataset that may not fit in memory. A block of rows read from a
+``.safetensors`` or ``.npy`` file is a private memory map of exactly those rows (no copy: the pages
+come from the page cache), released with the tensor, so the resident memory of a pass is one
+block however large the file.
 Both formats are parsed here directly (they are simple and documented): safetensors is an 8-byte
 little-endian header length, a JSON header (dtype, shape, byte offsets, string metadata) and the
 raw data; ``.npy`` is numpy's header followed by the C-ordered array.
@@ -15,6 +16,7 @@ raw data; ``.npy`` is numpy's header followed by the C-ordered array.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import sys
@@ -166,21 +168,24 @@ class FileRows:
         return self._dtype
 
     def read(self, start: int, stop: int) -> Tensor:
+        """Rows ``[start, stop)`` as a tensor over a private memory map of just those rows: no copy
+        is made (pages come straight from the page cache), and the mapping goes away with the tensor."""
         start, stop = max(0, start), min(self._shape[0], stop)
         rows = max(0, stop - start)
-        out = torch.empty((rows, self._shape[1]), dtype=self._dtype)
         if rows == 0:
-            return out
-        view = memoryview(out.view(torch.uint8).numpy()).cast("B")
-        with open(self.path, "rb", buffering=0) as handle:
-            position = self._offset + start * self._row_bytes
-            done = 0
-            while done < len(view):
-                count = os.preadv(handle.fileno(), [view[done:]], position + done)
-                if count <= 0:
-                    raise OSError(f"vision_kernels.weightspace: short read from {self.path}")
-                done += count
-        return out
+            return torch.empty((0, self._shape[1]), dtype=self._dtype)
+        position = self._offset + start * self._row_bytes
+        aligned = position - position % mmap.ALLOCATIONGRANULARITY
+        length = position - aligned + rows * self._row_bytes
+        flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+        with open(self.path, "rb") as handle:
+            mapping = mmap.mmap(
+                handle.fileno(), length, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=aligned
+            )
+        raw = np.frombuffer(mapping, dtype=np.uint8, count=rows * self._row_bytes, offset=position - aligned)
+        element = torch.empty((), dtype=self._dtype).element_size()
+        words = raw.view({1: np.uint8, 2: np.uint16, 4: np.float32, 8: np.float64}[element])
+        return torch.from_numpy(words).view(self._dtype).view(rows, self._shape[1])
 
 
 class ConcatRows:
