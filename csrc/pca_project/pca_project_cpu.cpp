@@ -257,13 +257,14 @@ void reconstruct_fused_typed(const TensorRef& coeffs_ref, const TensorRef& basis
 
 // ------------------------------------------------------------------ element-wise kernels
 
-template <typename T>
-void standardize_typed(const TensorRef& x_ref, const TensorRef& shift_ref, const TensorRef& scale_ref,
-                       const TensorRef& out_ref) {
-  using A = acc_t<T>;
-  const auto x = make_view<const T, 2>(x_ref);  // [B, D]
-  const auto out = make_view<A, 2>(out_ref);    // [B, D]
-  const index_t rows = x.size[0], dims = x.size[1];
+// out = standardize(in) (inverse = false) or destandardize(in) (inverse = true), row by row in
+// chunks of kColumnBlock columns: load (dequantize) into a buffer, affine update, store (round).
+template <typename In, typename Out, typename A>
+void affine_rows(const TensorRef& in_ref, const TensorRef& shift_ref, const TensorRef& scale_ref,
+                 const TensorRef& out_ref, bool inverse) {
+  const auto in = make_view<const In, 2>(in_ref);  // [B, D]
+  const auto out = make_view<Out, 2>(out_ref);     // [B, D] (may alias in: element-wise)
+  const index_t rows = in.size[0], dims = in.size[1];
   if (rows == 0 || dims == 0) return;
   std::vector<A> zeros;
   const A* shift = shift_values<A>(shift_ref, dims, zeros);
@@ -274,33 +275,8 @@ void standardize_typed(const TensorRef& x_ref, const TensorRef& shift_ref, const
     for (index_t item = lo; item < hi; ++item) {
       const index_t b = item / blocks, d0 = (item % blocks) * kColumnBlock;
       const index_t n = std::min(kColumnBlock, dims - d0);
-      A* target = out.stride[1] == 1 ? &out(b, d0) : buffer.data();
-      load_row(&x(b, d0), x.stride[1], n, target);
-      affine(target, shift + d0, scale + d0, n, false);
-      if (target == buffer.data())
-        for (index_t i = 0; i < n; ++i) out(b, d0 + i) = buffer[static_cast<std::size_t>(i)];
-    }
-  });
-}
-
-template <typename A, typename O>
-void destandardize_typed(const TensorRef& acc_ref, const TensorRef& scale_ref, const TensorRef& shift_ref,
-                         const TensorRef& out_ref) {
-  const auto accumulated = make_view<const A, 2>(acc_ref);  // [B, D]
-  const auto out = make_view<O, 2>(out_ref);                // [B, D] (may alias accumulated)
-  const index_t rows = accumulated.size[0], dims = accumulated.size[1];
-  if (rows == 0 || dims == 0) return;
-  std::vector<A> zeros;
-  const A* shift = shift_values<A>(shift_ref, dims, zeros);
-  const A* scale = static_cast<const A*>(scale_ref.data);
-  const index_t blocks = ceil_div(dims, kColumnBlock);
-  parallel_for(0, rows * blocks, 1, [&](index_t lo, index_t hi) {
-    std::vector<A> buffer(static_cast<std::size_t>(std::min(dims, kColumnBlock)));
-    for (index_t item = lo; item < hi; ++item) {
-      const index_t b = item / blocks, d0 = (item % blocks) * kColumnBlock;
-      const index_t n = std::min(kColumnBlock, dims - d0);
-      load_row(&accumulated(b, d0), accumulated.stride[1], n, buffer.data());
-      affine(buffer.data(), shift + d0, scale + d0, n, true);
+      load_row(&in(b, d0), in.stride[1], n, buffer.data());
+      affine(buffer.data(), shift + d0, scale + d0, n, inverse);
       store_row(buffer.data(), n, &out(b, d0), out.stride[1]);
     }
   });
@@ -339,7 +315,10 @@ void pca_reconstruct_fused_cpu(const TensorRef& coeffs, const TensorRef& basis, 
 void pca_standardize_cpu(const TensorRef& x, const TensorRef& shift, const TensorRef& scale, const TensorRef& out) {
   const ArgCheck check("vision_kernels.pca_standardize");
   check_standardize_arguments(check, x, shift, scale, out, kCpuDevice);
-  VK_DISPATCH_FLOATING(x.dtype, check.function(), [&] { standardize_typed<scalar_t>(x, shift, scale, out); });
+  VK_DISPATCH_FLOATING(x.dtype, check.function(), [&] {
+    using A = acc_t<scalar_t>;
+    affine_rows<scalar_t, A, A>(x, shift, scale, out, false);
+  });
 }
 
 void pca_destandardize_cpu(const TensorRef& accumulated, const TensorRef& scale, const TensorRef& shift,
@@ -348,7 +327,7 @@ void pca_destandardize_cpu(const TensorRef& accumulated, const TensorRef& scale,
   check_destandardize_arguments(check, accumulated, scale, shift, out, kCpuDevice);
   VK_DISPATCH_FLOATING(out.dtype, check.function(), [&] {
     using A = acc_t<scalar_t>;
-    destandardize_typed<A, scalar_t>(accumulated, scale, shift, out);
+    affine_rows<A, scalar_t, A>(accumulated, shift, scale, out, true);
   });
 }
 

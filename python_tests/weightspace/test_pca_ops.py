@@ -137,6 +137,25 @@ def test_reconstruct_strided_inputs_and_no_mean(kernel, rows) -> None:
     assert_reconstruct_parity(kernel(c, None, std, sub_basis), c, None, std, sub_basis)
 
 
+@pytest.mark.parametrize("project_kernel", PROJECTS)
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["float32", "bfloat16", "float64"]
+)
+@pytest.mark.parametrize("rows", [1, 5])
+def test_column_major_basis(project_kernel, dtype, rows) -> None:
+    # A basis stored column by column (torch.linalg.qr's Q) runs the fused kernels on its transpose.
+    mean, std, _ = make_space(300, 1, dtype)
+    basis = torch.linalg.qr(torch.randn(300, 20, dtype=torch.float64)).Q.to(dtype)
+    assert basis.stride() == (1, 300)
+    w = torch.randn(rows, 300).to(dtype)
+    assert_project_parity(project_kernel(w, mean, std, basis), w, mean, std, basis, str(dtype))
+    reconstruct_kernel = emulated_reconstruct if project_kernel is emulated_project else cpu_reconstruct
+    c = torch.randn(rows, 20)
+    for out_dtype in (None, torch.float32):
+        got = reconstruct_kernel(c, mean, std, basis, out_dtype)
+        assert_reconstruct_parity(got, c, mean, std, basis, out_dtype, str(dtype))
+
+
 def test_blocked_path_with_many_blocks(monkeypatch) -> None:
     # Shrink the block budget so a small problem runs through many row and column blocks.
     monkeypatch.setattr(pca_module, "BLOCK_ELEMENTS", 512)

@@ -17,7 +17,8 @@ Where the work goes (a deliberate split, DESIGN.md section 1):
 * Small batches (B <= 16, e.g. one model per step of an inversion): fused C++/CUDA kernels read
   the basis once in its storage dtype, standardize ``w`` on the fly (project) or apply
   ``* std + mean`` and the cast in the epilogue (reconstruct). This is memory bound, so fusing
-  saves the traffic of an upcast basis and of every temporary.
+  saves the traffic of an upcast basis and of every temporary. A column-major basis (e.g. a
+  QR factor) runs on its row-major transpose with the two kernels' roles swapped.
 * Large batches (projecting a dataset, reconstructing thousands of models): the cost is a dense
   GEMM of 2 B D K flops that the vendor library (MKL/oneDNN on CPU, cuBLAS on GPU) runs near
   peak, which a hand-written kernel would not beat. The native kernels do the fused parts
@@ -182,6 +183,12 @@ class _Backend:
             self.native.pca_destandardize_cuda(ref(accumulated), ref(scale), ref(shift), ref(out), self.stream)
 
 
+def _column_major(basis: Tensor) -> bool:
+    """A [D, K] basis stored column by column (e.g. ``torch.linalg.qr(...).Q``): the fused kernels
+    then run on its row-major transpose with the roles of the two kernels swapped."""
+    return basis.shape[1] > 1 and basis.stride(0) == 1 and basis.stride(1) >= basis.shape[0]
+
+
 def _columns_per_block(rows: int, dims: int) -> int:
     columns = max(_MIN_BLOCK_COLUMNS, BLOCK_ELEMENTS // max(rows, 1))
     return min(dims, columns - columns % 64 if columns > 64 else columns)
@@ -214,7 +221,14 @@ def _project(
     if rows == 0 or components == 0:
         return out
     if rows <= FUSED_MAX_ROWS:
-        backend.project_fused(w, shift, scale, basis, out)
+        if _column_major(basis):
+            # c[b, k] = sum_d z[b, d] V^T[k, d]: the reconstruct kernel's dot products over rows of V^T.
+            z = w.new_empty((rows, dims), dtype=accumulate)  # [B, D], small
+            backend.standardize(w, shift, scale, z)
+            ones = scale.new_ones(components)
+            backend.reconstruct_fused(z, basis.T, ones, shift.new_empty((0,)), out)
+        else:
+            backend.project_fused(w, shift, scale, basis, out)
         return out
     # Blocked: standardize a [rows, columns] block of w natively, then one GEMM per block.
     row_block = min(rows, max(FUSED_MAX_ROWS, BLOCK_ELEMENTS // _MIN_BLOCK_COLUMNS))
@@ -253,6 +267,11 @@ def _reconstruct(
         return out.to(target)
     if basis.shape[1] == 0:  # no components: every model is the mean
         out.copy_(shift.expand(rows, dims) if shift.numel() else torch.zeros_like(out))
+    elif rows <= FUSED_MAX_ROWS and _column_major(basis):
+        # c @ V^T accumulates rows of V^T: the project kernel's pass, then the epilogue kernel.
+        accumulated = c.new_empty((rows, dims))  # [B, D], small
+        backend.project_fused(c, shift.new_empty((0,)), c.new_ones(basis.shape[1]), basis.T, accumulated)
+        backend.destandardize(accumulated, scale, shift, out)
     elif rows <= FUSED_MAX_ROWS:
         backend.reconstruct_fused(c, basis, scale, shift, out)
     elif native_dtype == accumulate and basis.dtype == accumulate:
