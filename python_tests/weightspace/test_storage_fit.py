@@ -207,6 +207,8 @@ def test_fit_from_npy_shards_and_in_memory_tensors_agree(tmp_path, planted) -> N
     in_memory = fit_exact(planted.weights, 4)
     torch.testing.assert_close(from_files.basis, in_memory.basis)
     assert from_files.layout is None and from_files.names is None
+    streamed = fit_streaming([tmp_path / "a.npy", tmp_path / "b.npy"], 4, memory=2**16)
+    torch.testing.assert_close(streamed.basis, fit_streaming(planted.weights, 4).basis, rtol=1e-4, atol=1e-5)
 
 
 def test_save_and_load_round_trip(tmp_path, exact_space) -> None:
