@@ -17,7 +17,7 @@ from typing import TextIO
 
 SECTIONS: dict[str, str] = {
     "distance": "vision_kernels.demo.distance",
-    "weightspace": "vision_kernels.demo.weightspace",
+    "pca": "vision_kernels.demo.pca",
 }
 
 

@@ -1,4 +1,4 @@
-"""Demo section for weights2weights: a weight space of really fine-tuned LoRAs, then sampling,
+"""Demo section of the pca family (weights2weights): a weight space of really fine-tuned LoRAs, then sampling,
 editing and inversion, measured.
 
 Everything runs offline on a tiny pixel-space diffusers UNet (random weights, pre-trained for a
