@@ -9,7 +9,9 @@ Full sizes are the paper's scale: 5,000 models x 99,648 LoRA parameters (rank-1 
 * pca_reconstruct of one model (a step of inversion), forward and backward.
 * The streaming fit reading row blocks from a .safetensors file on disk, against
   ``torch.svd_lowrank`` on the standardized matrix (loaded from the same file) with the same
-  sketch width q = K + 10 and torch's default ``niter=2``. Both report explained variance.
+  sketch width q = K + 10 and torch's default ``niter=2``. Both report explained variance. Our fit
+  (4 power iterations on the cached Gram matrix, nearly exact) explains more variance than
+  svd_lowrank at niter=2, so svd_lowrank at niter=4 is the equal-accuracy anchor.
 """
 
 from __future__ import annotations
@@ -154,14 +156,15 @@ def fit_streaming_case(quick: bool) -> Contenders:
         metrics["explained_variance_ours"] = float(space.explained_variance_ratio.sum())
         return space
 
-    def svd_lowrank() -> object:
+    def svd_lowrank(niter: int = 2) -> object:
         x = FileRows(path).read(0, rows)  # [N, D]
         mean, std = x.mean(0), x.std(0)
-        z = (x - mean) / std
+        z = (x - mean) / std  # [N, D]
         del x
-        _, s, v = torch.svd_lowrank(z, q=components + oversample, niter=2)
+        _, s, v = torch.svd_lowrank(z, q=components + oversample, niter=niter)
         total = float(z.square().sum())
-        metrics["explained_variance_svd_lowrank"] = float(s[:components].square().sum()) / total
+        suffix = "" if niter == 2 else f"_niter{niter}"
+        metrics[f"explained_variance_svd_lowrank{suffix}"] = float(s[:components].square().sum()) / total
         return v[:, :components]
 
     def relative_gap() -> None:
@@ -176,4 +179,10 @@ def fit_streaming_case(quick: bool) -> Contenders:
 
     # Useful work of our fit: the symmetric Gram matrix (N^2 D) and the basis pass (2 N D K).
     flops = float(rows) * rows * dims + 2.0 * rows * dims * components
-    return Contenders(ours=ours, reference=reference_and_gap, flops=flops, metrics=metrics)
+    return Contenders(
+        ours=ours,
+        reference=reference_and_gap,
+        anchors={"svd_lowrank niter=4 (equal accuracy)": lambda: svd_lowrank(niter=4)},
+        flops=flops,
+        metrics=metrics,
+    )
