@@ -11,6 +11,7 @@ from .cc_conv import cc_conv2d
 from .cc_conv_grid import cc_conv2d_grid
 from .distance import sq_l2_distance
 from .patch_nn import PatchNNResult, patch_match, patch_nn, patch_vote, valid_patch_mask
+from .pca import pca_project, pca_reconstruct
 
 __all__ = [
     "attention_decomposition",
@@ -22,4 +23,6 @@ __all__ = [
     "patch_vote",
     "PatchNNResult",
     "valid_patch_mask",
+    "pca_project",
+    "pca_reconstruct",
 ]
