@@ -8,5 +8,6 @@ Public functions accept torch tensors, and numpy (CPU) or cupy (GPU) arrays thro
 
 from .attention_decomp import attention_decomposition
 from .distance import sq_l2_distance
+from .second_order import second_order_effects
 
-__all__ = ["attention_decomposition", "sq_l2_distance"]
+__all__ = ["attention_decomposition", "second_order_effects", "sq_l2_distance"]

@@ -5,6 +5,6 @@ same conventions (shapes, dtypes, accumulation precision) as the ops, and take n
 that the kernels take.
 """
 
-from . import attention_decomp, distance
+from . import attention_decomp, distance, second_order
 
-__all__ = ["attention_decomp", "distance"]
+__all__ = ["attention_decomp", "distance", "second_order"]
