@@ -431,8 +431,8 @@ class NeuronStatistics:
     """Per-neuron statistics of second-order effects over a set of images (the paper's Sec. 4).
 
     Attributes:
-        mean: ``[Nn, E]`` mean effect over the images.
-        top_norms: ``[Nn, k]`` the ``k`` largest norms of the centred effects, descending.
+        mean: ``[Nn, E]`` mean effect over the images (float64).
+        top_norms: ``[Nn, k]`` the ``k`` largest norms of the centred effects, descending (float64).
         top_images: ``[Nn, k]`` positions in the image set of those effects.
         principal: ``[Nn, E]`` unit first principal component of the top ``k`` centred effects, signed so that
             more than half of them project positively (zero for a neuron whose effects are all equal).
@@ -467,11 +467,11 @@ class NeuronStatistics:
             )
 
     def significant(self, effects: Tensor) -> Tensor:
-        """``[K, Nn]`` whether ``|effect - mean| > threshold`` for each image and neuron."""
+        """``[K, Nn]`` whether ``|effect - mean| > threshold`` for each image and neuron (computed in float64)."""
         self._check(effects, "vision_kernels.clip.NeuronStatistics.significant")
-        mean = self.mean.to(effects.device, torch.float32)
-        norms = (effects.float() - mean).norm(dim=-1)  # [K, Nn]
-        return norms > self.thresholds.to(effects.device, torch.float32)
+        mean = self.mean.to(effects.device, torch.float64)
+        norms = (effects.double() - mean).norm(dim=-1)  # [K, Nn]
+        return norms > self.thresholds.to(effects.device, torch.float64)
 
     def significant_fraction(self, effects: Tensor) -> Tensor:
         """``[Nn]`` fraction of the images of ``effects [K, Nn, E]`` where each neuron's effect is significant."""
@@ -540,10 +540,9 @@ def neuron_statistics(
             parts[key].append(value)
         parts["principal"].append(principal)
         parts["explained"].append(explained)
-    dtype = effects.dtype if effects.dtype.is_floating_point else torch.float32
     return NeuronStatistics(
-        mean=torch.cat(parts["mean"]).to(dtype),
-        top_norms=torch.cat(parts["norms"]).float(),
+        mean=torch.cat(parts["mean"]),
+        top_norms=torch.cat(parts["norms"]),
         top_images=torch.cat(parts["images"]),
         principal=torch.cat(parts["principal"]).float(),
         explained=torch.cat(parts["explained"]).float(),
@@ -623,8 +622,8 @@ def collect_neuron_statistics(
         best_vectors = centred.gather(0, order[:, :, None].expand(-1, -1, centred.shape[-1]))  # [k, Nn, E]
     principal, explained = _principal_directions(best_vectors.transpose(0, 1))
     return NeuronStatistics(
-        mean=mean.float(),
-        top_norms=best_norms.T.float(),
+        mean=mean,
+        top_norms=best_norms.T.contiguous(),
         top_images=best_images.T,
         principal=principal.float(),
         explained=explained.float(),
@@ -660,7 +659,7 @@ def ablate_neuron_effects(
             f"{function}: argument 'embeddings' must be [{effects.shape[0]}, {effects.shape[2]}] like the effects, "
             f"got {list(embeddings.shape)}"
         )
-    centred = effects.float() - statistics.mean.to(effects.device, torch.float32)  # [B, Nn, E]
+    centred = (effects.double() - statistics.mean.to(effects.device, torch.float64)).float()  # [B, Nn, E]
     if mode == "all":
         removed = centred
     elif mode == "principal":
