@@ -52,6 +52,19 @@ def test_search_images_equals_brute_force(database, make_images, key, members) -
     assert got.ids[0] == [f"image-{i}" for i in want.indices[0].tolist()]
 
 
+def test_blocked_torch_flat_search_equals_faiss_search(database) -> None:
+    from vision_kernels.clip.index import _flat_search
+
+    _, _, index, _ = database
+    faiss_index = index.indexes["L2H0"]
+    queries = torch.nn.functional.normalize(torch.randn(5, 24), dim=1).numpy()
+    want_scores, want_indices = faiss_index.search(queries, 7)
+    for block_elements in (1 << 24, 5 * 8):  # one block, and blocks of 8 database vectors (three merges)
+        scores, indices = _flat_search(faiss_index, queries, 7, block_elements)
+        assert (indices == want_indices).all()
+        torch.testing.assert_close(torch.from_numpy(scores), torch.from_numpy(want_scores), rtol=1e-5, atol=1e-6)
+
+
 def test_search_database_images_finds_themselves(database) -> None:
     model, images, index, _ = database
     result = index.search_images(model, images[:4], "L2H2", k=1)

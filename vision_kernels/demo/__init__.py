@@ -18,6 +18,7 @@ from typing import TextIO
 SECTIONS: dict[str, str] = {
     "distance": "vision_kernels.demo.distance",
     "clip": "vision_kernels.demo.clip",
+    "clip_neurons": "vision_kernels.demo.clip_neurons",
 }
 
 
