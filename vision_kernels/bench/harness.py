@@ -27,7 +27,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["case", "Contenders", "Case", "CASES", "Measurement", "ceilings", "run_case", "time_callable", "peak_memory"]
+__all__ = [
+    "case",
+    "Contenders",
+    "Case",
+    "CASES",
+    "Measurement",
+    "ceilings",
+    "run_case",
+    "time_callable",
+    "time_and_peak_once",
+    "peak_memory",
+]
 
 
 @dataclass
@@ -42,6 +53,8 @@ class Contenders:
         bytes_moved: bytes one call must read + write (for the copy-ceiling fraction).
         metrics: extra figures the case computes once (recall, PSNR, explained variance, ...).
         device: "cpu" or "cuda".
+        single_run: contenders ("ours", "reference" or an anchor's name) too slow to repeat: timed by one
+            call, without warm-up, whose peak memory is measured at the same time.
     """
 
     ours: Callable[[], Any]
@@ -51,6 +64,7 @@ class Contenders:
     bytes_moved: float | None = None
     metrics: dict[str, float | str] = field(default_factory=dict)
     device: str = "cpu"
+    single_run: tuple[str, ...] = ()
 
 
 @dataclass
@@ -171,6 +185,23 @@ def ceilings() -> dict[str, float]:
     return dict(_ceilings)
 
 
+def time_and_peak_once(fn: Callable[[], Any], device: str = "cpu") -> tuple[float, float]:
+    """Wall time (ms) and peak extra memory (MiB) of a single call of ``fn()`` (no warm-up)."""
+    elapsed: list[float] = []
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed() -> Any:
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        elapsed.append(time.perf_counter() - start)
+        return result
+
+    peak = peak_memory(timed, device)
+    return elapsed[0] * 1e3, peak
+
+
 # ---------------------------------------------------------------- one case
 
 
@@ -225,18 +256,20 @@ def run_case(benchmark: Case, quick: bool) -> Measurement:
     device = contenders.device
     repeats = max(2, benchmark.repeats // 2) if quick else benchmark.repeats
 
-    def measure(fn: Callable[[], Any]) -> tuple[float, float]:
+    def measure(fn: Callable[[], Any], name: str) -> tuple[float, float]:
+        if name in contenders.single_run:
+            return time_and_peak_once(fn, device)
         ms = time_callable(fn, repeats=repeats, device=device)
         return ms, peak_memory(fn, device)
 
-    ours_ms, ours_peak = measure(contenders.ours)
+    ours_ms, ours_peak = measure(contenders.ours, "ours")
     reference_ms = reference_peak = None
     if contenders.reference is not None:
-        reference_ms, reference_peak = measure(contenders.reference)
+        reference_ms, reference_peak = measure(contenders.reference, "reference")
     anchors_ms: dict[str, float] = {}
     anchors_peak: dict[str, float] = {}
     for anchor, fn in contenders.anchors.items():
-        anchors_ms[anchor], anchors_peak[anchor] = measure(fn)
+        anchors_ms[anchor], anchors_peak[anchor] = measure(fn, anchor)
 
     fraction = ceiling_name = None
     limits = ceilings()

@@ -17,6 +17,7 @@ activations and the whole residual stream.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -50,9 +51,11 @@ class Capture:
         output: ``[B, E]`` the image embedding recomputed from ``r`` (not normalized).
         grid: ``(rows, cols)`` of patches.
         mlp_tokens: ``[B, L, N, W]`` MLP block outputs at every token, if requested.
-        neurons: ``[B, L, N, hidden]`` MLP hidden activations (after the non-linearity), if requested.
+        neurons: ``[B, L', N, hidden]`` MLP hidden activations (after the non-linearity) of the layers
+            :attr:`neuron_layers` (all L layers with ``keep_neurons=True``), if requested.
         residual_tokens: ``[B, L + 1, N, W]`` residual stream entering every block and after the
             last one, if requested.
+        neuron_layers: the model layer of each entry along axis 1 of :attr:`neurons` (None without neurons).
     """
 
     values: Tensor
@@ -72,6 +75,21 @@ class Capture:
     mlp_tokens: Tensor | None = None
     neurons: Tensor | None = None
     residual_tokens: Tensor | None = None
+    neuron_layers: tuple[int, ...] | None = None
+
+    def layer_neurons(self, layer: int) -> Tensor:
+        """``[B, N, hidden]`` MLP hidden activations of model layer ``layer`` (a view of :attr:`neurons`)."""
+        if self.neurons is None or self.neuron_layers is None:
+            raise ValueError(
+                "vision_kernels.clip.Capture.layer_neurons: the capture holds no MLP activations; "
+                "capture with keep_neurons=True (or a list of layers)"
+            )
+        if layer not in self.neuron_layers:
+            raise IndexError(
+                f"vision_kernels.clip.Capture.layer_neurons: argument 'layer' must be one of the captured layers "
+                f"{list(self.neuron_layers)}, got {layer}"
+            )
+        return self.neurons[:, self.neuron_layers.index(layer)]
 
     @property
     def num_layers(self) -> int:
@@ -131,7 +149,7 @@ def capture(
     images: Tensor,
     *,
     keep_mlp_tokens: bool = False,
-    keep_neurons: bool = False,
+    keep_neurons: bool | Sequence[int] = False,
     keep_residual_tokens: bool = False,
 ) -> Capture:
     """Run ``model``'s image tower on ``images`` and record a :class:`Capture`.
@@ -143,7 +161,8 @@ def capture(
         model: open_clip CLIP model or ViT tower, or a transformers CLIP vision model (see
             :func:`vision_kernels.clip.towers.as_vision_tower`).
         images: ``[B, C, H, W]`` preprocessed images of the model's size, on its device.
-        keep_mlp_tokens, keep_neurons, keep_residual_tokens: also keep the optional per-token tensors.
+        keep_mlp_tokens, keep_neurons, keep_residual_tokens: also keep the optional per-token tensors;
+            ``keep_neurons`` may list the layers whose MLP activations to keep (negative counts from the end).
 
     Runs under the caller's autograd mode.
     """
@@ -161,6 +180,7 @@ def capture(
     mlp_tokens = x.new_empty((batch, layers, tokens, width)) if keep_mlp_tokens else None
     residual_tokens = x.new_empty((batch, layers + 1, tokens, width)) if keep_residual_tokens else None
     neurons: list[Tensor] = []
+    neuron_layers = _neuron_layers(keep_neurons, layers)
     embedding = x[:, 0].clone()
     for layer, block in enumerate(tower.blocks):
         if residual_tokens is not None:
@@ -173,7 +193,7 @@ def capture(
         attention_out[:, layer] = attended[:, 0]
         x = x + attended
         y, ln_stats[2, :, layer], ln_stats[3, :, layer] = _normalize(block.norm_2, x)
-        mlp, hidden = block.mlp(y, keep_hidden=keep_neurons)  # [B, N, W]
+        mlp, hidden = block.mlp(y, keep_hidden=layer in neuron_layers)  # [B, N, W]
         gamma = block.ls_2()
         if gamma is not None:
             mlp = mlp * gamma
@@ -209,4 +229,21 @@ def capture(
         mlp_tokens=mlp_tokens,
         neurons=torch.stack(neurons, 1) if neurons else None,
         residual_tokens=residual_tokens,
+        neuron_layers=tuple(neuron_layers) if neurons else None,
     )
+
+
+def _neuron_layers(keep_neurons: bool | Sequence[int], num_layers: int) -> list[int]:
+    """The layers whose MLP activations to keep, in model order."""
+    if isinstance(keep_neurons, bool):
+        return list(range(num_layers)) if keep_neurons else []
+    chosen = set()
+    for layer in keep_neurons:
+        index = int(layer)
+        if not -num_layers <= index < num_layers:
+            raise IndexError(
+                f"vision_kernels.clip.capture: argument 'keep_neurons' must list layer indices in "
+                f"[{-num_layers}, {num_layers}), got {layer}"
+            )
+        chosen.add(index % num_layers)
+    return sorted(chosen)

@@ -31,14 +31,27 @@ __all__ = [
 ]
 
 
-def token_contributions(decomposition: Decomposition) -> Tensor:
-    """Head terms summed over the decomposed layers and heads, per source token: ``[B, N, E]``."""
+def token_contributions(decomposition: Decomposition, heads: Sequence[tuple[int, int]] | None = None) -> Tensor:
+    """Head terms summed over the decomposed layers and heads (or only the ``(layer, head)`` pairs ``heads``, model
+    layer indices), per source token: ``[B, N, E]``."""
+    function = "vision_kernels.clip.token_contributions"
     if "token" not in decomposition.head_axes:
-        raise ValueError(
-            "vision_kernels.clip.token_contributions: the decomposition has no token axis; "
-            "decompose with per_token=True"
-        )
-    return decomposition.head_sum(("image", "token", "dim"))
+        raise ValueError(f"{function}: the decomposition has no token axis; decompose with per_token=True")
+    if heads is None:
+        return decomposition.head_sum(("image", "token", "dim"))
+    if "layer" not in decomposition.head_axes or "head" not in decomposition.head_axes:
+        raise ValueError(f"{function}: selecting heads needs a decomposition with per_layer=True and per_head=True")
+    pairs = [(int(layer), int(head)) for layer, head in heads]
+    if not pairs:
+        raise ValueError(f"{function}: argument 'heads' must list at least one (layer, head) pair")
+    count = decomposition.heads.shape[2]
+    total = None
+    for layer, head in pairs:
+        if not 0 <= head < count:
+            raise IndexError(f"{function}: argument 'heads' has head {head} out of range [0, {count})")
+        term = decomposition.heads[:, decomposition.layer_position(layer), head]  # [B, N, E]
+        total = term if total is None else total + term
+    return total  # type: ignore[return-value]
 
 
 def _directions(text_embeddings: Tensor, contrast: Tensor | str | None, function: str) -> Tensor:
@@ -72,6 +85,7 @@ def heatmaps(
     contrast: Tensor | str | None = None,
     image_size: tuple[int, int] | None = None,
     mode: str = "bilinear",
+    heads: Sequence[tuple[int, int]] | None = None,
 ) -> Tensor:
     """Per-patch heatmaps ``[B, T, H, W]`` of texts on a per-token decomposition.
 
@@ -85,10 +99,11 @@ def heatmaps(
             ``"mean"`` to subtract the mean of ``text_embeddings`` (the paper's class contrast).
         image_size: output ``(H, W)``; usually the model's image size.
         mode: interpolation mode of ``torch.nn.functional.interpolate``.
+        heads: only these ``(layer, head)`` pairs (model layer indices) instead of all decomposed heads.
     """
     function = "vision_kernels.clip.heatmaps"
     directions = _directions(text_embeddings, contrast, function)  # [T, E]
-    tokens = token_contributions(decomposition)  # [B, N, E]
+    tokens = token_contributions(decomposition, heads)  # [B, N, E]
     if directions.shape[1] != tokens.shape[-1]:
         raise ValueError(
             f"{function}: argument 'text_embeddings' must have size {tokens.shape[-1]} in its last dimension "
@@ -131,8 +146,11 @@ def text_heatmaps(
     )
 
 
-def segment(heatmaps_: Tensor) -> tuple[Tensor, Tensor]:
+def segment(heatmaps_: Tensor, *, threshold: float | str = "mean", clip: bool = True) -> tuple[Tensor, Tensor]:
     """Foreground masks from heatmaps ``[B, H, W]``: clip at 0, min-max normalize per image, threshold at the mean.
+
+    ``clip=False`` skips the clipping and a number ``threshold`` replaces the mean (the neuron-based segmentation
+    of the second-order paper thresholds the min-max normalized map at 0.5 without clipping).
 
     Returns:
         ``(masks, scores)``: boolean ``[B, H, W]`` foreground and the normalized scores in [0, 1].
@@ -141,12 +159,17 @@ def segment(heatmaps_: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(
             f"vision_kernels.clip.segment: argument 'heatmaps' must be [B, H, W], got {list(heatmaps_.shape)}"
         )
-    clipped = heatmaps_.float().clamp_min(0)
+    if isinstance(threshold, str) and threshold != "mean":
+        raise ValueError(
+            f"vision_kernels.clip.segment: argument 'threshold' must be 'mean' or a number, got {threshold!r}"
+        )
+    clipped = heatmaps_.float().clamp_min(0) if clip else heatmaps_.float()
     low = clipped.amin(dim=(1, 2), keepdim=True)
     high = clipped.amax(dim=(1, 2), keepdim=True)
     scores = (clipped - low) / (high - low).clamp_min(torch.finfo(torch.float32).tiny)
     scores = torch.nan_to_num(scores)
-    return scores > scores.mean(dim=(1, 2), keepdim=True), scores
+    cut = scores.mean(dim=(1, 2), keepdim=True) if threshold == "mean" else float(threshold)
+    return scores > cut, scores
 
 
 def average_precision(scores: Tensor, targets: Tensor) -> float:
@@ -176,12 +199,15 @@ def average_precision(scores: Tensor, targets: Tensor) -> float:
     return float(((recall - previous) * precision).sum())
 
 
-def segmentation_scores(heatmaps_: Tensor, masks: Tensor) -> dict[str, float]:
+def segmentation_scores(
+    heatmaps_: Tensor, masks: Tensor, *, threshold: float | str = "mean", clip: bool = True
+) -> dict[str, float]:
     """Zero-shot segmentation scores of heatmaps ``[B, H, W]`` against ground-truth foreground ``masks [B, H, W]``.
 
     Returns ``pixel_accuracy``, ``iou_background``, ``iou_foreground``, ``miou`` (accumulated over
     all pixels of the batch) and ``map`` (mean over images of the average precision of the
-    background and foreground score maps together, as in the paper's evaluation).
+    background and foreground score maps together, as in the paper's evaluation). ``threshold`` and ``clip``
+    go to :func:`segment`.
     """
     if heatmaps_.shape != masks.shape or heatmaps_.dim() != 3:
         raise ValueError(
@@ -189,7 +215,7 @@ def segmentation_scores(heatmaps_: Tensor, masks: Tensor) -> dict[str, float]:
             f"got {list(heatmaps_.shape)} and {list(masks.shape)}"
         )
     target = masks.bool().to(heatmaps_.device)
-    predicted, scores = segment(heatmaps_)
+    predicted, scores = segment(heatmaps_, threshold=threshold, clip=clip)
     correct = (predicted == target).sum()
     inter_fg = (predicted & target).sum()
     union_fg = (predicted | target).sum()

@@ -144,6 +144,30 @@ class Block(ABC):
         tensors = [self.out_weight(), self.out_bias(), self.head_scale(), self.ls_1()]
         return [t for t in tensors if t is not None]
 
+    # Accessors for analyses through the values and the MLP neurons (second-order effects).
+
+    @abstractmethod
+    def value_weight(self) -> Tensor:
+        """Value projection weight ``[H * Dh, W]``: ``v = y @ weight^T + bias``, heads in order along axis 0."""
+
+    @abstractmethod
+    def value_bias(self) -> Tensor | None: ...
+
+    @abstractmethod
+    def mlp_out_weight(self) -> Tensor:
+        """MLP output projection ``[W, hidden]``: neuron ``n`` writes ``act_n * weight[:, n]`` (times ``ls_2``).
+
+        Raises ValueError when a LayerNorm sits between the neurons and the projection (``scale_fc``):
+        the write of one neuron is then not linear in its activation.
+        """
+
+    @abstractmethod
+    def mlp_out_bias(self) -> Tensor | None: ...
+
+    def mlp_width(self) -> int:
+        """Number of MLP neurons (hidden units)."""
+        return int(self.mlp_out_weight().shape[1])
+
 
 class VisionTower(ABC):
     """A ViT image tower with class-token pooling, seen as the decomposition needs it."""
@@ -258,6 +282,25 @@ class _OpenClipBlock(Block):
     def ls_2(self) -> Tensor | None:
         return _layer_scale(self.block.ls_2)
 
+    def value_weight(self) -> Tensor:
+        width = self.heads * self.head_dim
+        return self.block.attn.in_proj_weight[2 * width : 3 * width]
+
+    def value_bias(self) -> Tensor | None:
+        bias = self.block.attn.in_proj_bias
+        width = self.heads * self.head_dim
+        return None if bias is None else bias[2 * width : 3 * width]
+
+    def mlp_out_weight(self) -> Tensor:
+        if not _is_identity(getattr(self.block.mlp, "ln", None)):
+            raise _unsupported(
+                "scale_fc (a LayerNorm between the MLP neurons and c_proj) makes a neuron's write non-linear"
+            )
+        return self.block.mlp.c_proj.weight
+
+    def mlp_out_bias(self) -> Tensor | None:
+        return self.block.mlp.c_proj.bias
+
     def mlp(self, y: Tensor, keep_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
         mlp = self.block.mlp
         if not keep_hidden:
@@ -344,6 +387,18 @@ class _HuggingFaceBlock(Block):
 
     def out_bias(self) -> Tensor | None:
         return self.layer.self_attn.out_proj.bias
+
+    def value_weight(self) -> Tensor:
+        return self.layer.self_attn.v_proj.weight
+
+    def value_bias(self) -> Tensor | None:
+        return self.layer.self_attn.v_proj.bias
+
+    def mlp_out_weight(self) -> Tensor:
+        return self.layer.mlp.fc2.weight
+
+    def mlp_out_bias(self) -> Tensor | None:
+        return self.layer.mlp.fc2.bias
 
     def mlp(self, y: Tensor, keep_hidden: bool = False) -> tuple[Tensor, Tensor | None]:
         mlp = self.layer.mlp

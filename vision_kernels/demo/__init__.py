@@ -21,6 +21,7 @@ SECTIONS: dict[str, str] = {
     "cc_conv": "vision_kernels.demo.cc_conv",
     "patch_nn": "vision_kernels.demo.patch_nn",
     "pca": "vision_kernels.demo.pca",
+    "clip_neurons": "vision_kernels.demo.clip_neurons",
 }
 
 

@@ -12,6 +12,7 @@ from .cc_conv_grid import cc_conv2d_grid
 from .distance import sq_l2_distance
 from .patch_nn import PatchNNResult, patch_match, patch_nn, patch_vote, valid_patch_mask
 from .pca import pca_project, pca_reconstruct
+from .second_order import second_order_effects
 
 __all__ = [
     "attention_decomposition",
@@ -25,4 +26,5 @@ __all__ = [
     "valid_patch_mask",
     "pca_project",
     "pca_reconstruct",
+    "second_order_effects",
 ]

@@ -1,0 +1,247 @@
+"""Benchmark cases of the CLIP-neuron family (family "clip_neurons"), all on CPU.
+
+* The fused second-order kernel against its einsum reference at ViT-B-32 shapes (MLP layer 9: 2 later layers
+  x 12 heads, 3072 neurons, 50 tokens, 512-d embedding).
+* Second-order effects of a whole MLP layer of a random-weight ViT-B-32 (factorized: capture + kernel, the
+  directions built once per model) against the direct definition, which materializes every neuron's write
+  at every token in width space (the original code's ``[b, tokens, neurons, width]`` tensors).
+* Batched orthogonal matching pursuit against scikit-learn's ``OrthogonalMatchingPursuit`` (fit_intercept
+  off, no Gram precomputation: the fastest scikit-learn setting at 30,000 atoms, where the Gram matrix alone
+  is 7.2 GB) at 512 directions x 30,000 texts x 128 non-zeros. scikit-learn takes minutes there, so in the
+  full run it is timed by one call over all 512 directions (no warm-up, no repeat).
+* FAISS :class:`~vision_kernels.clip.HeadIndex` build (flat and IVF) and query, on one million synthesized
+  512-d per-head contributions (quick: 20,000): at full size the build times are per million vectors (the
+  IVF build, minutes under load, is timed by one call); quick runs report them per million in the metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+from vision_kernels.bench.harness import Contenders, case
+
+
+@functools.lru_cache(maxsize=1)
+def _model() -> torch.nn.Module:
+    import logging
+
+    import open_clip
+
+    logging.getLogger().setLevel(logging.ERROR)  # random weights on purpose
+    torch.manual_seed(0)
+    return open_clip.create_model("ViT-B-32").eval()
+
+
+@case("clip_neurons", "second_order_effects op, ViT-B-32 layer 9 shapes, batch 32 x 3072 neurons (quick: 4 x 512)")
+def op_b32(quick: bool) -> Contenders:
+    from vision_kernels.ops import second_order_effects
+    from vision_kernels.reference.second_order import second_order_effects as reference
+
+    b, nl, h, n, nn, e = (4, 12, 12, 50, 512, 512) if quick else (32, 12, 12, 50, 3072, 512)
+    layers = [10, 11]
+    generator = torch.Generator().manual_seed(0)
+    attn = torch.softmax(torch.randn(b, nl, h, n, generator=generator), -1)  # [B, L, H, N]
+    ln_std = torch.rand(b, nl, n, generator=generator) + 0.5  # [B, L, N]
+    act = torch.randn(b, n, nn, generator=generator)  # [B, N, Nn]
+    directions = torch.randn(nn, 2, h, e, generator=generator).permute(1, 2, 0, 3) / 64  # [S, H, Nn, E], neuron-major
+    scale = torch.rand(b, generator=generator) + 0.5
+    pairs = len(layers) * h
+    return Contenders(
+        ours=lambda: second_order_effects(attn, ln_std, act, directions, scale, None, layers, check_finite=False),
+        reference=lambda: reference(attn, ln_std, act, directions, scale, None, layers),
+        flops=2.0 * b * pairs * nn * (e + n),
+    )
+
+
+@case(
+    "clip_neurons",
+    "neuron_effects ViT-B-32 224px, MLP layer 9, all 3072 neurons, batch 2, vs the direct definition "
+    "(quick: 1 image, 64 neurons)",
+    repeats=2,
+)
+def effects_b32(quick: bool) -> Contenders:
+    import vision_kernels.clip as vc
+    from vision_kernels.reference.second_order import direct_second_order_effects
+
+    model = _model()
+    images = torch.randn(1 if quick else 2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    neurons = list(range(64)) if quick else None
+    start = time.perf_counter()
+    directions = vc.neuron_directions(model, 9, neurons)  # image independent: built once per model and layer
+    build_ms = (time.perf_counter() - start) * 1e3
+    ours = vc.neuron_effects(model, images, 9, neurons, directions=directions)
+    want = direct_second_order_effects(model, images, 9, neurons)
+    error = float((ours.double() - want.double()).abs().max() / want.double().abs().max())
+
+    def encode_image() -> torch.Tensor:
+        with torch.no_grad():
+            return model.encode_image(images)
+
+    return Contenders(
+        ours=lambda: vc.neuron_effects(model, images, 9, neurons, directions=directions),
+        reference=lambda: direct_second_order_effects(model, images, 9, neurons),
+        anchors={"open_clip encode_image": encode_image},
+        metrics={"max_rel_err_vs_direct": error, "directions_build_ms_once": build_ms, "images": images.shape[0]},
+        single_run=() if quick else ("reference",),  # the direct definition: about a minute per call at full size
+    )
+
+
+def _omp_problem(directions: int, texts: int, embed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit 'text embeddings' with a shared component and unit directions (CLIP-like coherence)."""
+    generator = torch.Generator().manual_seed(0)
+    bank = torch.randn(texts, embed, generator=generator) + 0.5 * torch.randn(1, embed, generator=generator)
+    bank = torch.nn.functional.normalize(bank - bank.mean(0), dim=1)
+    signals = torch.nn.functional.normalize(torch.randn(directions, embed, generator=generator), dim=1)
+    return signals, bank
+
+
+@case(
+    "clip_neurons",
+    "orthogonal_matching_pursuit 512 directions x 30,000 texts x 128 non-zeros vs scikit-learn "
+    "(quick: 32 x 2,000 x 16)",
+    repeats=2,
+)
+def omp_vs_sklearn(quick: bool) -> Contenders:
+    import warnings
+
+    import numpy as np
+    from sklearn.linear_model import OrthogonalMatchingPursuit
+
+    from vision_kernels.clip import orthogonal_matching_pursuit
+
+    count, texts, nonzero = (32, 2_000, 16) if quick else (512, 30_000, 128)
+    signals, bank = _omp_problem(count, texts, 512)
+    x, y = bank.double().T.numpy(), signals.double().T.numpy()
+
+    def sklearn() -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return (
+                OrthogonalMatchingPursuit(n_nonzero_coefs=nonzero, fit_intercept=False, precompute=False)
+                .fit(x, y)
+                .coef_
+            )
+
+    def ours() -> torch.Tensor:
+        return orthogonal_matching_pursuit(signals, bank, nonzero, progress=False).dense()
+
+    subset = 8 if quick else 16  # parity check on a few directions (scikit-learn's time for them is not reported)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = OrthogonalMatchingPursuit(n_nonzero_coefs=nonzero, fit_intercept=False, precompute=False)
+        want = want.fit(x, y[:, :subset]).coef_
+    got = orthogonal_matching_pursuit(signals[:subset], bank, nonzero, progress=False).dense().double().numpy()
+    same = float(((got != 0) == (want != 0)).all(axis=1).mean())
+    return Contenders(
+        ours=ours,
+        anchors={f"scikit-learn OMP ({count} directions{'' if quick else ', one run'})": sklearn},
+        single_run=() if quick else (f"scikit-learn OMP ({count} directions, one run)",),
+        flops=2.0 * count * texts * 512 * nonzero,
+        metrics={
+            "same_support_fraction": same,
+            "max_coef_diff": float(np.abs(got - want).max()),
+            "checked_directions": subset,
+        },
+    )
+
+
+def _contributions(count: int, embed: int = 512) -> torch.Tensor:
+    """Synthesized per-head contributions: 1,000 clusters (image themes) plus noise, a shared mean."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(1000, embed, generator=generator)
+    vectors = torch.empty(count, embed)
+    for start in range(0, count, 100_000):
+        stop = min(count, start + 100_000)
+        labels = torch.randint(0, 1000, (stop - start,), generator=generator)
+        vectors[start:stop] = centres[labels] + 0.7 * torch.randn(stop - start, embed, generator=generator) + 0.5
+    return vectors
+
+
+def _identity():
+    from vision_kernels.clip import ModelIdentity
+
+    return ModelIdentity("synthetic per-head contributions", "0" * 64)
+
+
+@case("clip_neurons", "HeadIndex flat build, 1,000,000 x 512 contributions (quick: 20,000)", repeats=2)
+def index_flat_build(quick: bool) -> Contenders:
+    import faiss
+    import numpy as np
+
+    from vision_kernels.clip import HeadIndex
+
+    count = 20_000 if quick else 1_000_000
+    vectors = _contributions(count)
+    prepared = np.ascontiguousarray(torch.nn.functional.normalize(vectors - vectors.mean(0), dim=1).numpy())
+
+    def raw() -> object:
+        index = faiss.IndexFlatIP(512)
+        index.add(prepared)
+        return index
+
+    start = time.perf_counter()
+    HeadIndex.from_contributions({"L11H0": vectors}, _identity(), kind="flat", progress=False)
+    per_million = (time.perf_counter() - start) * 1e6 / count
+    return Contenders(
+        ours=lambda: HeadIndex.from_contributions({"L11H0": vectors}, _identity(), kind="flat", progress=False),
+        anchors={"faiss IndexFlatIP.add of prepared vectors": raw},
+        bytes_moved=2.0 * vectors.numel() * 4,
+        metrics={"vectors": count, "build_s_per_million_once": per_million},
+    )
+
+
+@case("clip_neurons", "HeadIndex IVF build (nlist 1024), 1,000,000 x 512 contributions (quick: 20,000, nlist 64)",
+      repeats=2)  # fmt: skip
+def index_ivf_build(quick: bool) -> Contenders:
+    from vision_kernels.clip import HeadIndex
+
+    count, nlist = (20_000, 64) if quick else (1_000_000, 1024)
+    vectors = _contributions(count)
+    sample = 39 * nlist
+
+    def build() -> HeadIndex:
+        return HeadIndex.from_contributions({"L11H0": vectors}, _identity(), kind="ivf", nlist=nlist,
+                                            sample_size=sample, progress=False)  # fmt: skip
+
+    metrics: dict[str, float | str] = {"vectors": count, "nlist": nlist, "training_sample": sample}
+    if quick:  # at full size the timed call is one build of the million vectors: no extra run
+        start = time.perf_counter()
+        build()
+        metrics["build_s_per_million_once"] = (time.perf_counter() - start) * 1e6 / count
+    return Contenders(ours=build, metrics=metrics, single_run=() if quick else ("ours",))
+
+
+@case("clip_neurons", "HeadIndex query, 1,000 queries k=10 over 1,000,000 x 512 (quick: 20,000): flat vs IVF",
+      repeats=2)  # fmt: skip
+def index_query(quick: bool) -> Contenders:
+    from vision_kernels.clip import HeadIndex
+
+    count, nlist = (20_000, 64) if quick else (1_000_000, 1024)
+    vectors = _contributions(count)
+    flat = HeadIndex.from_contributions({"L11H0": vectors}, _identity(), kind="flat", progress=False)
+    ivf = HeadIndex.from_contributions({"L11H0": vectors}, _identity(), kind="ivf", nlist=nlist, nprobe=16,
+                                       sample_size=39 * nlist, progress=False)  # fmt: skip
+    generator = torch.Generator().manual_seed(1)
+    queries = vectors[torch.randint(0, count, (1000,), generator=generator)] + 0.3 * torch.randn(1000, 512)
+    exact = flat.search_contributions("L11H0", queries, k=10).indices
+    approximate = ivf.search_contributions("L11H0", queries, k=10).indices
+    recall = float(
+        sum(len(set(a) & set(b)) for a, b in zip(exact.tolist(), approximate.tolist(), strict=True)) / exact.numel()
+    )
+    keys = torch.nn.functional.normalize(vectors - vectors.mean(0), dim=1)
+    mean = vectors.mean(0)
+
+    def brute_force() -> torch.Tensor:
+        return (torch.nn.functional.normalize(queries - mean, dim=1) @ keys.T).topk(10, dim=1).indices
+
+    return Contenders(
+        ours=lambda: flat.search_contributions("L11H0", queries, k=10),
+        reference=brute_force,
+        anchors={"HeadIndex IVF (nprobe 16)": lambda: ivf.search_contributions("L11H0", queries, k=10)},
+        flops=2.0 * 1000 * count * 512,
+        metrics={"vectors": count, "ivf_recall_at_10": recall, "nlist": nlist},
+        single_run=() if quick else ("reference",),  # the same exhaustive product as ours, timed once
+    )

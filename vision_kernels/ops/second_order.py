@@ -1,0 +1,305 @@
+"""Second-order effects of MLP neurons through later attention heads (Gandelsman, Efros, Steinhardt, 2024), factorized.
+
+For image b, neuron n and later (layer, head) pair p = (l_s, h)::
+
+    coef[b, p, n] = scale[b] * sum_t attn[b, l_s, h, t] / ln_std[b, l_s, t] * activations[b, t, n]
+    out[b, n, :]  = sum_p coef[b, p, n] * directions[s, h, n, :] + offset[b, :]
+
+    attn        [B, L, H, N]   class-token attention rows A[l, h, 0, :]     ln_std [B, L, N]  std of ln_1's input
+    activations [B, N, Nn]     the neurons' activations at every token       scale  [B]        1 / std(r) (/ |z|)
+    directions  [S, H, Nn, E]  (W_V^h diag(gamma_1) C w_n) @ M[l_s, h]        offset [B, E]     optional
+
+With ``directions``, ``scale`` and ``offset`` built by :func:`vision_kernels.clip.neuron_effects`, ``out`` is
+the second-order effect of every neuron on the image embedding: what the neuron writes into the residual
+stream, carried by the values of the heads of the later layers ``layers`` (attention weights fixed, every
+LayerNorm linearized at the forward pass's statistics). The per-image coefficients are a small
+``[P, N] x [N, Nn]`` product; the directions are image independent, so the work per image is
+``P x Nn x E`` multiply-adds and nothing of size ``N x Nn x width`` (the direct definition) is ever formed.
+
+Accumulation is float32 (float64 for float64 inputs); ``out_dtype`` may be float32, float64, float16 or
+bfloat16 independently of the inputs' dtype. Gradients flow to every tensor input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from ._checks import FLOATING, ArgCheck, dtype_name
+from ._interop import accepts_arrays
+from ._registry import cpu_native, register_cuda
+
+__all__ = ["second_order_effects"]
+
+FUNCTION = "vision_kernels.second_order_effects"
+MAX_LAYERS = 256  # kMaxLayers in csrc/second_order/second_order.h
+
+
+def _check_arguments(
+    attn: Tensor,
+    ln_std: Tensor,
+    activations: Tensor,
+    directions: Tensor,
+    scale: Tensor,
+    offset: Tensor | None,
+    layers: Sequence[int],
+    out_dtype: torch.dtype | None,
+) -> None:
+    check = ArgCheck(FUNCTION)
+    check.rank(attn, "attn", 4, "[B, L, H, N]")
+    check.rank(ln_std, "ln_std", 3, "[B, L, N]")
+    check.rank(activations, "activations", 3, "[B, N, Nn]")
+    check.rank(directions, "directions", 4, "[S, H, Nn, E]")
+    check.rank(scale, "scale", 1, "[B]")
+    check.floating(attn, "attn")
+    for tensor, name in (
+        (ln_std, "ln_std"),
+        (activations, "activations"),
+        (directions, "directions"),
+        (scale, "scale"),
+    ):
+        check.same_dtype(attn, "attn", tensor, name)
+        check.same_device(attn, "attn", tensor, name)
+    batch, num_layers, heads, tokens = attn.shape
+    check.size(ln_std, "ln_std", 0, batch, "B, the batch of attn")
+    check.size(ln_std, "ln_std", 1, num_layers, "L, the layers of attn")
+    check.size(ln_std, "ln_std", 2, tokens, "N, the tokens of attn")
+    check.size(activations, "activations", 0, batch, "B, the batch of attn")
+    check.size(activations, "activations", 1, tokens, "N, the tokens of attn")
+    check.size(directions, "directions", 0, len(layers), "S, the number of listed layers")
+    check.size(directions, "directions", 1, heads, "H, the heads of attn")
+    check.size(directions, "directions", 2, activations.shape[2], "Nn, the neurons of activations")
+    check.size(scale, "scale", 0, batch, "B, the batch of attn")
+    if offset is not None:
+        check.rank(offset, "offset", 2, "[B, E]")
+        check.same_dtype(attn, "attn", offset, "offset")
+        check.same_device(attn, "attn", offset, "offset")
+        check.size(offset, "offset", 0, batch, "B, the batch of attn")
+        check.size(offset, "offset", 1, directions.shape[3], "E, the embedding size of directions")
+    if len(layers) > MAX_LAYERS:
+        check.fail("layers", f"must list at most {MAX_LAYERS} layers, got {len(layers)}")
+    for position, layer in enumerate(layers):
+        if not 0 <= layer < num_layers:
+            check.fail(
+                "layers",
+                f"must hold layer indices in [0, {num_layers}), got {layer} at position {position}",
+                IndexError,
+            )
+    if out_dtype is not None and out_dtype not in FLOATING:
+        names = ", ".join(dtype_name(d) for d in FLOATING)
+        check.fail("out_dtype", f"must be one of {{{names}}}, got {dtype_name(out_dtype)}", TypeError)
+
+
+def _check_values(
+    attn: Tensor, ln_std: Tensor, activations: Tensor, directions: Tensor, scale: Tensor, offset: Tensor | None
+) -> None:
+    check = ArgCheck(FUNCTION)
+    named = [("attn", attn), ("ln_std", ln_std), ("activations", activations), ("directions", directions)]
+    named += [("scale", scale)] + ([("offset", offset)] if offset is not None else [])
+    for name, tensor in named:
+        check.finite(tensor, name)
+    if ln_std.numel() and not bool((ln_std > 0).all()):
+        position = tuple(int(i) for i in (ln_std <= 0).nonzero()[0].tolist())
+        check.fail(
+            "ln_std", f"must be > 0 (a LayerNorm's sqrt(var + eps)), got {ln_std[position].item()} at {position}"
+        )
+
+
+def _prepare(
+    attn: Tensor,
+    ln_std: Tensor,
+    activations: Tensor,
+    directions: Tensor,
+    scale: Tensor,
+    offset: Tensor | None,
+    layers: Sequence[int],
+    out_dtype: torch.dtype | None,
+    check_finite: bool,
+) -> Tensor:
+    """Check the inputs and allocate the output ``[B, Nn, E]``."""
+    _check_arguments(attn, ln_std, activations, directions, scale, offset, layers, out_dtype)
+    if check_finite:
+        _check_values(attn, ln_std, activations, directions, scale, offset)
+    shape = (attn.shape[0], activations.shape[2], directions.shape[3])
+    return torch.empty(shape, dtype=out_dtype or attn.dtype, device=attn.device)
+
+
+@torch.library.custom_op("vision_kernels::second_order_effects", mutates_args=(), device_types="cpu")
+def _second_order_op(
+    attn: Tensor,
+    ln_std: Tensor,
+    activations: Tensor,
+    directions: Tensor,
+    scale: Tensor,
+    offset: Tensor | None,
+    layers: list[int],
+    out_dtype: torch.dtype | None,
+    check_finite: bool,
+) -> Tensor:
+    out = _prepare(attn, ln_std, activations, directions, scale, offset, layers, out_dtype, check_finite)  # [B, Nn, E]
+    ref = _native.tensor_ref
+    cpu_native().second_order_effects_cpu(
+        ref(attn),
+        ref(ln_std),
+        ref(activations),
+        ref(directions),
+        ref(scale),
+        None if offset is None else ref(offset),
+        list(layers),
+        ref(out),
+    )
+    return out
+
+
+def _launch_cuda(
+    native: object,
+    stream: int,
+    attn: Tensor,
+    ln_std: Tensor,
+    activations: Tensor,
+    directions: Tensor,
+    scale: Tensor,
+    offset: Tensor | None,
+    layers: list[int],
+    out_dtype: torch.dtype | None,
+    check_finite: bool,
+) -> Tensor:
+    out = _prepare(attn, ln_std, activations, directions, scale, offset, layers, out_dtype, check_finite)  # [B, Nn, E]
+    accumulate = torch.float64 if attn.dtype == torch.float64 else torch.float32
+    pairs = len(layers) * attn.shape[2]
+    workspace = torch.empty((attn.shape[0], pairs, activations.shape[2]), dtype=accumulate, device=attn.device)
+    ref = _native.tensor_ref
+    native.second_order_effects_cuda(  # type: ignore[attr-defined]
+        ref(attn),
+        ref(ln_std),
+        ref(activations),
+        ref(directions),
+        ref(scale),
+        None if offset is None else ref(offset),
+        list(layers),
+        ref(workspace),  # [B, P, Nn]: the per-image coefficients
+        ref(out),
+        stream,
+    )
+    return out
+
+
+register_cuda(_second_order_op, _launch_cuda)
+
+
+@_second_order_op.register_fake
+def _(
+    attn: Tensor,
+    ln_std: Tensor,
+    activations: Tensor,
+    directions: Tensor,
+    scale: Tensor,
+    offset: Tensor | None,
+    layers: list[int],
+    out_dtype: torch.dtype | None,
+    check_finite: bool,
+) -> Tensor:
+    _check_arguments(attn, ln_std, activations, directions, scale, offset, layers, out_dtype)
+    shape = (attn.shape[0], activations.shape[2], directions.shape[3])
+    return attn.new_empty(shape, dtype=out_dtype or attn.dtype)
+
+
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    attn, ln_std, activations, directions, scale, offset, layers, _, _ = inputs
+    ctx.save_for_backward(attn, ln_std, activations, directions, scale)
+    ctx.has_offset = offset is not None
+    ctx.layers = list(layers)
+
+
+def _backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+    """Gradients of ``out = sum_p coef[p] directions[p] + offset`` with ``coef = scale sum_t A / std act`` (torch)."""
+    attn, ln_std, activations, directions, scale = ctx.saved_tensors
+    accumulate = torch.float64 if attn.dtype == torch.float64 else torch.float32
+    index = torch.tensor(ctx.layers, dtype=torch.long, device=attn.device)
+    g = grad.to(accumulate)  # [B, Nn, E]
+    a = attn.to(accumulate).index_select(1, index)  # [B, S, H, N]
+    std = ln_std.to(accumulate).index_select(1, index)[:, :, None, :]  # [B, S, 1, N]
+    act = activations.to(accumulate)  # [B, N, Nn]
+    d = directions.to(accumulate)  # [S, H, Nn, E]
+    s = scale.to(accumulate)  # [B]
+    ratio = a / std  # [B, S, H, N]
+    unscaled = torch.einsum("bshn,bnk->bshk", ratio, act)  # [B, S, H, Nn]: coef / scale
+    pulled = torch.einsum("bke,shke->bshk", g, d)  # [B, S, H, Nn]: g . directions
+    grad_coef = pulled * s[:, None, None, None]  # [B, S, H, Nn]
+    grads: list[Tensor | None] = [None] * 9
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad_ratio = torch.einsum("bshk,bnk->bshn", grad_coef, act)  # [B, S, H, N]
+        if ctx.needs_input_grad[0]:
+            full = torch.zeros(attn.shape, dtype=accumulate, device=attn.device)
+            grads[0] = full.index_add_(1, index, grad_ratio / std).to(attn.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_std = -(grad_ratio * ratio / std).sum(2)  # [B, S, N]
+            full = torch.zeros(ln_std.shape, dtype=accumulate, device=attn.device)
+            grads[1] = full.index_add_(1, index, grad_std).to(ln_std.dtype)
+    if ctx.needs_input_grad[2]:
+        grads[2] = torch.einsum("bshk,bshn->bnk", grad_coef, ratio).to(activations.dtype)
+    if ctx.needs_input_grad[3]:
+        grads[3] = torch.einsum("bshk,bke->shke", unscaled * s[:, None, None, None], g).to(directions.dtype)
+    if ctx.needs_input_grad[4]:
+        grads[4] = (unscaled * pulled).sum(dim=(1, 2, 3)).to(scale.dtype)
+    if ctx.has_offset and ctx.needs_input_grad[5]:
+        grads[5] = g.sum(1).to(attn.dtype)
+    return tuple(grads)
+
+
+_second_order_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@accepts_arrays("attn", "ln_std", "activations", "directions", "scale", "offset")
+def second_order_effects(
+    attn: Tensor,
+    ln_std: Tensor,
+    activations: Tensor,
+    directions: Tensor,
+    scale: Tensor,
+    offset: Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    *,
+    out_dtype: torch.dtype | None = None,
+    check_finite: bool = True,
+) -> Tensor:
+    """Factorized second-order effects of MLP neurons: per-image coefficients times (layer, head, neuron) directions.
+
+    ``out[b, n] = sum_(s, h) scale[b] (sum_t attn[b, l_s, h, t] / ln_std[b, l_s, t] * activations[b, t, n])
+    * directions[s, h, n] + offset[b]`` for ``l_s = layers[s]``.
+
+    Args:
+        attn: ``[B, L, H, N]`` class-token attention rows of every layer; float32, float64, float16 or bfloat16.
+        ln_std: ``[B, L, N]`` ``sqrt(var + eps)`` of the residual stream entering each layer's ``ln_1`` (> 0).
+        activations: ``[B, N, Nn]`` the neurons' activations at every token (any strides, e.g. a column subset).
+        directions: ``[S, H, Nn, E]`` image-independent directions, one per listed layer, head and neuron
+            (see :func:`vision_kernels.clip.neuron_directions`).
+        scale: ``[B]`` per-image factor (``1 / std`` of the final residual, ``/ |z|`` to normalize).
+        offset: optional ``[B, E]`` vector added to every neuron's effect.
+        layers: the S later layers whose heads carry the effect (default: all L, in order). Repeats allowed.
+        out_dtype: float32, float64, float16 or bfloat16 output (default: the inputs' dtype).
+        check_finite: raise ValueError if an input holds NaN or Inf, or ``ln_std`` a value <= 0.
+
+    Returns:
+        ``[B, Nn, E]``, differentiable in every tensor input.
+
+    Raises:
+        ValueError, TypeError naming the argument for bad shapes, dtypes or devices; IndexError for a layer
+        index out of range.
+    """
+    check = ArgCheck(FUNCTION)
+    named = [("attn", attn), ("ln_std", ln_std), ("activations", activations), ("directions", directions)]
+    for name, tensor in named + [("scale", scale)]:
+        check.tensor(tensor, name)
+    if offset is not None:
+        check.tensor(offset, "offset")
+    if layers is None:
+        layer_list = list(range(attn.shape[1])) if attn.dim() == 4 else []
+    else:
+        layer_list = [int(layer) for layer in layers]
+    return torch.ops.vision_kernels.second_order_effects(
+        attn, ln_std, activations, directions, scale, offset, layer_list, out_dtype, check_finite
+    )
