@@ -151,7 +151,7 @@ def read_video(
                 break
             if kept and frame.shape != kept[0].shape:
                 raise ValueError(f"frame {i} has shape {frame.shape}, the first frame {kept[0].shape}")
-            kept.append(np.ascontiguousarray(frame, dtype=np.uint8))
+            kept.append(np.array(frame, dtype=np.uint8, order="C"))  # a writable copy
     except (ValueError, OSError, EOFError) as error:
         raise _fail(function, path, str(error) or type(error).__name__) from error
     except Exception as error:  # PyAV / Pillow decoder errors have many types
