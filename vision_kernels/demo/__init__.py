@@ -20,6 +20,7 @@ SECTIONS: dict[str, str] = {
     "clip": "vision_kernels.demo.clip",
     "cc_conv": "vision_kernels.demo.cc_conv",
     "patch_nn": "vision_kernels.demo.patch_nn",
+    "vgpnn": "vision_kernels.demo.vgpnn",
 }
 
 
