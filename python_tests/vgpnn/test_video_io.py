@@ -59,8 +59,15 @@ def test_file_round_trip_keeps_fps_and_frames(tmp_path: Path, video, suffix: str
     assert not _leftovers(tmp_path)
     part, _ = read_video(path, start_frame=2, max_frames=3, max_side=20)
     assert part.shape == (3, 16, 20, 3)
-    assert _psnr(part, torch.nn.functional.interpolate(video[2:5].permute(0, 3, 1, 2), size=(16, 20), mode="bilinear",
-                                                       antialias=True).permute(0, 2, 3, 1)) > 20  # fmt: skip
+    assert (
+        _psnr(
+            part,
+            torch.nn.functional.interpolate(
+                video[2:5].permute(0, 3, 1, 2), size=(16, 20), mode="bilinear", antialias=True
+            ).permute(0, 2, 3, 1),
+        )
+        > 20
+    )
 
 
 def test_odd_sizes_are_padded_for_mp4(tmp_path: Path) -> None:
@@ -169,29 +176,55 @@ def test_frame_strip(tmp_path: Path, video) -> None:
 def test_cli_generate_retarget_inpaint_analogy(tmp_path: Path, video, capsys) -> None:
     source = write_video(tmp_path / "in.gif", video, fps=10)
     fast = ["--patch-size", "3", "5", "5", "--coarsest", "12", "--iterations", "1", "--quiet"]
-    assert cli_main(["vgpnn", "generate", str(source), "-o", str(tmp_path / "g.mp4"), "--count", "2",
-                     "--frames", "10", *fast]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            ["vgpnn", "generate", str(source), "-o", str(tmp_path / "g.mp4"), "--count", "2", "--frames", "10", *fast]
+        )
+        == 0
+    )
     for name in ("g_0.mp4", "g_1.mp4"):
         out, fps = read_video(tmp_path / name)
         assert out.shape == (10, 32, 40, 3) and abs(fps - 10) < 1e-6
-    assert cli_main(["vgpnn", "retarget", str(source), "-o", str(tmp_path / "r"), "--size", "32", "56",
-                     "--fps", "7", *fast]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            ["vgpnn", "retarget", str(source), "-o", str(tmp_path / "r"), "--size", "32", "56", "--fps", "7", *fast]
+        )
+        == 0
+    )
     assert read_video(tmp_path / "r")[0].shape == (8, 32, 56, 3)
     mask = torch.zeros(32, 40, 1)
     mask[8:16, 10:22] = 1
     from vision_kernels.patchnn import write_image
 
     write_image(tmp_path / "mask.png", mask)
-    assert cli_main(["vgpnn", "inpaint", str(source), str(tmp_path / "mask.png"), "-o", str(tmp_path / "i.gif"),
-                     *fast]) == 0  # fmt: skip
+    assert (
+        cli_main(["vgpnn", "inpaint", str(source), str(tmp_path / "mask.png"), "-o", str(tmp_path / "i.gif"), *fast])
+        == 0
+    )
     inpainted, _ = read_video(tmp_path / "i.gif")
     known = (mask[..., 0] < 0.5).expand(SHAPE)
     original, _ = read_video(source)
     assert _psnr(inpainted[known], original[known]) > 25  # GIF re-quantization only
     motion = tmp_path / "m.npy"
     np.save(motion, np.random.default_rng(0).random(SHAPE).astype(np.float32))
-    assert cli_main(["vgpnn", "analogy", str(source), str(source), "-o", str(tmp_path / "a.mp4"),
-                     "--motion-layout", str(motion), "--motion-appearance", str(motion), *fast]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "vgpnn",
+                "analogy",
+                str(source),
+                str(source),
+                "-o",
+                str(tmp_path / "a.mp4"),
+                "--motion-layout",
+                str(motion),
+                "--motion-appearance",
+                str(motion),
+                *fast,
+            ]
+        )
+        == 0
+    )
     assert read_video(tmp_path / "a.mp4")[0].shape == (*SHAPE, 3)
     assert "wrote" in capsys.readouterr().out
 

@@ -270,9 +270,13 @@ def synthesize(
             if config.search == "auto":
                 count = None if query_mask is None else int(query_mask.sum())
                 method = choose_search(
-                    queries.shape, keys.shape, config.patch, alpha=config.alpha, exact_limit=config.exact_limit,
+                    queries.shape,
+                    keys.shape,
+                    config.patch,
+                    alpha=config.alpha,
+                    exact_limit=config.exact_limit,
                     query_count=count,
-                )  # fmt: skip
+                )
                 level_config = config.with_(search=method)
         voted, index = pnn_step(
             queries, keys, values, level_config, query_mask=query_mask, key_mask=key_mask, seed=seed + step, init=index

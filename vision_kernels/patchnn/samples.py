@@ -19,10 +19,10 @@ def _texture(height: int, width: int, generator: torch.Generator, grain: float =
     taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(taps**2) / (2 * grain**2))
     kernel = kernel / kernel.sum()
-    planes = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="circular"), kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1),
-                      groups=3)  # fmt: skip
-    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="circular"), kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1),
-                      groups=3)  # fmt: skip
+    row = kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1)
+    column = kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1)
+    planes = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="circular"), row, groups=3)
+    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="circular"), column, groups=3)
     planes = planes / planes.std()
     return (0.5 + 0.16 * planes[0].permute(1, 2, 0)).clamp(0.1, 0.9)
 
@@ -43,7 +43,9 @@ def moving_shapes(
     palette = torch.tensor([[0.95, 0.15, 0.1], [0.1, 0.2, 0.95], [0.95, 0.9, 0.1], [0.1, 0.85, 0.2]])
     for s in range(shapes):
         radius = max(3.0, min(height, width) / 8)
-        cy, cx = (radius + torch.rand(2, generator=generator) * torch.tensor([height - 2 * radius, width - 2 * radius])).tolist()
+        cy, cx = (
+            radius + torch.rand(2, generator=generator) * torch.tensor([height - 2 * radius, width - 2 * radius])
+        ).tolist()
         angle = float(torch.rand(1, generator=generator)) * 2 * math.pi
         vy, vx = speed * math.sin(angle), speed * math.cos(angle)
         color = palette[s % len(palette)]

@@ -61,8 +61,17 @@ def choose_search(
     if log:
         logger.info(
             "patch search %s: %d query x %d key patches of %dx%dx%dx%d, %.2g multiply-adds %s the exact limit %.2g",
-            method, nq, nk, pt, ph, pw, q[3], work, "within" if method == "exact" else "above", exact_limit,
-        )  # fmt: skip
+            method,
+            nq,
+            nk,
+            pt,
+            ph,
+            pw,
+            q[3],
+            work,
+            "within" if method == "exact" else "above",
+            exact_limit,
+        )
     return method
 
 

@@ -90,8 +90,9 @@ def check_video(video: Tensor, name: str, function: str) -> Tensor:
     if not isinstance(video, Tensor):
         raise TypeError(f"{where}: argument '{name}' must be a torch.Tensor, got {type(video).__name__}")
     if video.dim() != 4 or min(video.shape) < 1:
-        raise ValueError(f"{where}: argument '{name}' must have shape [T, H, W, C] with every size >= 1, got "
-                         f"{tuple(video.shape)}")  # fmt: skip
+        raise ValueError(
+            f"{where}: argument '{name}' must have shape [T, H, W, C] with every size >= 1, got {tuple(video.shape)}"
+        )
     if video.dtype == torch.uint8:
         return video.to(torch.float32).div_(255.0)
     if not video.is_floating_point():
@@ -172,9 +173,7 @@ def generate_video(
     return y.clamp(0.0, 1.0)
 
 
-def retarget_video(
-    video: Tensor, size: Sequence[int], *, config: GPNNConfig | None = None, seed: int = 0
-) -> Tensor:
+def retarget_video(video: Tensor, size: Sequence[int], *, config: GPNNConfig | None = None, seed: int = 0) -> Tensor:
     """Spatio-temporal retargeting: the video made shorter/longer (T) or narrower/wider (H, W)
     without stretching its content: the coarsest input level resized to the output's coarsest shape
     (no noise), then VGPNN restores the details from the input's patches at every scale.
@@ -287,8 +286,10 @@ def analogy_video(
     else:
         m_a, m_b = _as_guide(motion[0], a, "motion[0]"), _as_guide(motion[1], b, "motion[1]")
         if m_a.shape[-1] != m_b.shape[-1]:
-            raise ValueError(f"vision_kernels.patchnn.{function}: the two motion channels differ in count: "
-                             f"{m_a.shape[-1]} and {m_b.shape[-1]}")  # fmt: skip
+            raise ValueError(
+                f"vision_kernels.patchnn.{function}: the two motion channels differ in count: "
+                f"{m_a.shape[-1]} and {m_b.shape[-1]}"
+            )
     output_shape = tuple(a.shape[:3])
     levels = len(pyramid_plan(b.shape, output_shape, config)[0])
     guide_levels = max(1, math.ceil(levels * motion_levels)) if motion_levels > 0 else 0
@@ -329,8 +330,9 @@ def inpaint_video(
     function = "inpaint_video"
     x = check_video(video, "video", function)
     if not isinstance(mask, Tensor):
-        raise TypeError(f"vision_kernels.patchnn.{function}: argument 'mask' must be a torch.Tensor, got "
-                        f"{type(mask).__name__}")  # fmt: skip
+        raise TypeError(
+            f"vision_kernels.patchnn.{function}: argument 'mask' must be a torch.Tensor, got {type(mask).__name__}"
+        )
     hole = mask
     if hole.dim() == 4 and hole.shape[-1] == 1:
         hole = hole[..., 0]

@@ -29,9 +29,12 @@ __all__ = ["add_parser", "main"]
 def _add_settings(parser: argparse.ArgumentParser, *, alpha: float | None) -> None:
     group = parser.add_argument_group("VGPNN settings (defaults: the official code's)")
     group.add_argument(
-        "--patch-size", type=int, nargs=3, metavar=("PT", "PH", "PW"), help="patch size (default 3 7 7; 3 5 5 for "
-        "videos above 7.5M voxels)"
-    )  # fmt: skip
+        "--patch-size",
+        type=int,
+        nargs=3,
+        metavar=("PT", "PH", "PW"),
+        help="patch size (default 3 7 7; 3 5 5 for videos above 7.5M voxels)",
+    )
     group.add_argument("--ratio", type=float, default=1 / 0.85, help="spatial downscale per level (default 1/0.85)")
     group.add_argument("--temporal-ratio", type=float, default=1 / 0.85, help="temporal downscale per level")
     group.add_argument("--coarsest", type=int, default=15, help="shorter side of the coarsest level (default 15)")
@@ -44,7 +47,9 @@ def _add_settings(parser: argparse.ArgumentParser, *, alpha: float | None) -> No
         help=f"completeness weight on the mean-squared-difference scale (default {alpha}; none = plain NN)",
     )
     group.add_argument("--no-alpha", action="store_true", help="plain nearest neighbours (no normalized score)")
-    group.add_argument("--noise", type=float, default=2.5, help="noise std per channel at the coarsest level (generate)")
+    group.add_argument(
+        "--noise", type=float, default=2.5, help="noise std per channel at the coarsest level (generate)"
+    )
     group.add_argument(
         "--search",
         choices=("auto", "exact", "patchmatch", "faiss"),
@@ -103,8 +108,10 @@ def _save(path: Path, video: Tensor, fps: float, started: float) -> None:
 
     write_video(path, video, fps)
     t, h, w = video.shape[:3]
-    print(f"vision-kernels vgpnn: wrote {path} ({t} frames of {w}x{h} at {fps:g} fps, "
-          f"{time.perf_counter() - started:.1f} s)")  # fmt: skip
+    print(
+        f"vision-kernels vgpnn: wrote {path} ({t} frames of {w}x{h} at {fps:g} fps, "
+        f"{time.perf_counter() - started:.1f} s)"
+    )
 
 
 def _numbered(path: Path, index: int, count: int) -> Path:
@@ -130,8 +137,12 @@ def _retarget(args: argparse.Namespace) -> int:
     size = _size(args, video)
     if size is None:
         raise ValueError("vision-kernels vgpnn retarget: give --frames and/or --size")
-    _save(Path(args.output), retarget_video(video, size, config=_config(args, video.shape), seed=args.seed),
-          args.fps or fps, started)  # fmt: skip
+    _save(
+        Path(args.output),
+        retarget_video(video, size, config=_config(args, video.shape), seed=args.seed),
+        args.fps or fps,
+        started,
+    )
     return 0
 
 
@@ -148,8 +159,9 @@ def _analogy(args: argparse.Namespace) -> int:
     if (args.motion_layout is None) != (args.motion_appearance is None):
         raise ValueError("vision-kernels vgpnn analogy: give both --motion-layout and --motion-appearance, or neither")
     if args.motion_layout is not None:
-        motion = tuple(torch.from_numpy(np.load(p).astype(np.float32)) for p in (args.motion_layout,
-                                                                                   args.motion_appearance))  # fmt: skip
+        motion = tuple(
+            torch.from_numpy(np.load(p).astype(np.float32)) for p in (args.motion_layout, args.motion_appearance)
+        )
     result = analogy_video(
         layout,
         appearance,

@@ -206,7 +206,10 @@ def _write_av(path: Path, frames: Iterator[np.ndarray], fps: float) -> None:
             if stream is None:
                 stream = container.add_stream(codec, rate=rate)
                 # 4:2:0 chroma needs even sides: odd frames are padded by repeating the last row/column.
-                stream.height, stream.width = pixels.shape[0] + pixels.shape[0] % 2, pixels.shape[1] + pixels.shape[1] % 2
+                stream.height, stream.width = (
+                    pixels.shape[0] + pixels.shape[0] % 2,
+                    pixels.shape[1] + pixels.shape[1] % 2,
+                )
                 stream.pix_fmt = "yuv420p"
                 if codec == "libx264":
                     stream.options = {"crf": "18", "preset": "medium"}
@@ -325,8 +328,10 @@ def write_frame_strip(path: str | Path, video: Tensor, *, count: int = 6, gap: i
 
     frames = video.detach().cpu().float()
     if frames.dim() != 4:
-        raise ValueError(f"vision_kernels.patchnn.write_frame_strip: argument 'video' must be [T, H, W, C], got "
-                         f"{tuple(frames.shape)}")  # fmt: skip
+        raise ValueError(
+            f"vision_kernels.patchnn.write_frame_strip: argument 'video' must be [T, H, W, C], got "
+            f"{tuple(frames.shape)}"
+        )
     picks = sorted({round(i * (frames.shape[0] - 1) / max(1, count - 1)) for i in range(min(count, frames.shape[0]))})
     height, width, channels = frames.shape[1:]
     strip = torch.ones(height, len(picks) * (width + gap) - gap, channels)
