@@ -215,3 +215,11 @@ def test_uint8_input_is_scaled(video, fast) -> None:
     out = retarget_video(as_bytes, (8, 32, 40), config=fast)
     assert out.dtype == torch.float32 and float(out.max()) <= 1
     assert mean_patch_distance(out, as_bytes.float() / 255, PATCH) < 0.3 * _foreign_distance(video)
+
+
+def test_progress_bar_counts_levels_and_iterations(video, fast, capsys) -> None:
+    generate_video(video, seed=1, config=fast.with_(progress=True))
+    levels = len(pyramid_plan(video.shape, video.shape, fast)[0])
+    steps = 1 + fast.iterations * (levels - 1)  # one step at the coarsest level
+    err = capsys.readouterr().err
+    assert "VGPNN generate" in err and f"{steps}/{steps}" in err
