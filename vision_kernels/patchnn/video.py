@@ -258,8 +258,8 @@ def analogy_video(
             flow magnitudes or flow fields scaled to ~[0, 1]; default :func:`frame_difference_motion`.
         motion_weight: factor on the motion channel (its weight in ``D``).
         motion_levels: fraction of the levels (coarsest first) that match on motion.
-        config: :class:`GPNNConfig` (default :func:`video_config` with ``alpha=1``, 1 step per level
-            as in the official analogy script's defaults).
+        config: :class:`GPNNConfig` (default :func:`video_config` with ``alpha=1``, as the official
+            analogy script, and 2 PNN steps per level; that script uses 1 step with 3x5x5 patches).
         seed: PatchMatch seed.
 
     Returns:
