@@ -187,11 +187,24 @@ def test_cli_generate_retarget_inpaint_analogy(tmp_path: Path, video, capsys) ->
         assert out.shape == (10, 32, 40, 3) and abs(fps - 10) < 1e-6
     assert (
         cli_main(
-            ["vgpnn", "retarget", str(source), "-o", str(tmp_path / "r"), "--size", "32", "56", "--fps", "7", *fast]
+            [
+                "vgpnn",
+                "retarget",
+                str(source),
+                "-o",
+                str(tmp_path / "r"),
+                "--size",
+                "32",
+                "56",
+                "--fps",
+                "7",
+                *fast[:-1],
+            ]
         )
         == 0
     )
     assert read_video(tmp_path / "r")[0].shape == (8, 32, 56, 3)
+    assert "vision-kernels vgpnn: patch search exact:" in capsys.readouterr().err  # the search choice is logged
     mask = torch.zeros(32, 40, 1)
     mask[8:16, 10:22] = 1
     from vision_kernels.patchnn import write_image
