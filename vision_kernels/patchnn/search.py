@@ -31,7 +31,7 @@ SEARCH_METHODS = ("exact", "patchmatch", "faiss", "auto")
 # Brute-force multiply-adds (Nq * Nk * n) up to which method="auto" uses the exact kernel: ~0.3 s per
 # search on a 2-core CPU (the exact kernel ran at ~3e9 multiply-adds/s there). Above it the exact
 # search's quadratic cost dominates a VGPNN level (a 13 x 144 x 256 video's finest level is 6e13), and
-# PatchMatch (linear in the patch counts; recall vs exact in `vision-kernels bench --family vgpnn`)
+# PatchMatch (linear in the patch counts; recall vs exact: `python benchmarks/run.py --family vgpnn`)
 # is used instead.
 EXACT_WORK_LIMIT = 1e9
 
