@@ -52,6 +52,8 @@ def _strip(path: Path, rows: list[tuple[str, torch.Tensor]], source: torch.Tenso
                 f"  |  patch D to input {mean_patch_distance(video, source, patch):.1e}"
                 f"  |  frame change {_change(video) / _change(source):.2f}x input's"
             )
+            if video.shape == source.shape:
+                details += f"  |  mean |x - input| {float((video - source).abs().mean()):.3f}"
         axis.set_title(f"{caption} {tuple(video.shape[:3])}{details}", fontsize=8)
         axis.axis("off")
     figure.suptitle(title, fontsize=10)
