@@ -60,22 +60,18 @@ class Case:
     setup: Callable[[bool], Contenders]
     quick: bool  # included in --quick runs
     repeats: int
-    warmup: int = 1  # 0 with repeats=1: one run, timed while its peak memory is measured (minute-long cases)
 
 
 CASES: list[Case] = []
 
 
 def case(
-    family: str, name: str, *, quick: bool = True, repeats: int = 5, warmup: int = 1
+    family: str, name: str, *, quick: bool = True, repeats: int = 5
 ) -> Callable[[Callable[[bool], Contenders]], Callable[[bool], Contenders]]:
-    """Register ``setup(quick: bool) -> Contenders`` as a benchmark case of ``family``.
-
-    ``warmup=0`` with ``repeats=1`` runs each callable once (timed while its peak memory is measured),
-    for end-to-end cases too long to run three times."""
+    """Register ``setup(quick: bool) -> Contenders`` as a benchmark case of ``family``."""
 
     def register(setup: Callable[[bool], Contenders]) -> Callable[[bool], Contenders]:
-        CASES.append(Case(family, name, setup, quick, repeats, warmup))
+        CASES.append(Case(family, name, setup, quick, repeats))
         return setup
 
     return register
@@ -230,11 +226,7 @@ def run_case(benchmark: Case, quick: bool) -> Measurement:
     repeats = max(2, benchmark.repeats // 2) if quick else benchmark.repeats
 
     def measure(fn: Callable[[], Any]) -> tuple[float, float]:
-        if benchmark.warmup == 0 and repeats == 1:
-            start = time.perf_counter()
-            peak = peak_memory(fn, device)
-            return (time.perf_counter() - start) * 1e3, peak
-        ms = time_callable(fn, repeats=repeats, warmup=benchmark.warmup, device=device)
+        ms = time_callable(fn, repeats=repeats, device=device)
         return ms, peak_memory(fn, device)
 
     ours_ms, ours_peak = measure(contenders.ours)
