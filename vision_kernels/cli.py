@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-COMMAND_MODULES: list[str] = ["vision_kernels.patchnn.cli"]
+COMMAND_MODULES: list[str] = ["vision_kernels.patchnn.cli", "vision_kernels.patchnn.video_cli"]
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ SECTIONS: dict[str, str] = {
     "patch_nn": "vision_kernels.demo.patch_nn",
     "pca": "vision_kernels.demo.pca",
     "clip_neurons": "vision_kernels.demo.clip_neurons",
+    "vgpnn": "vision_kernels.demo.vgpnn",
 }
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from .._progress import progress
 from ..ops.patch_nn import normalize_patch_size, patch_vote, valid_patch_mask
 from .pyramid import build_pyramid, level_scales, resize, scaled_shapes
-from .search import SEARCH_METHODS, search_patches
+from .search import EXACT_WORK_LIMIT, SEARCH_METHODS, choose_search, search_patches
 
 __all__ = ["GPNNConfig", "pnn_step", "synthesize", "as_video", "pyramid_plan"]
 
@@ -51,8 +51,11 @@ class GPNNConfig:
             difference of [0, 1] pixels (0.005); ``None`` for plain nearest neighbours.
         noise_std: standard deviation of the noise added to the coarsest initial guess of random
             generation (0.75, one draw per pixel shared by the channels).
-        search: ``"exact"`` (exact kernel), ``"patchmatch"`` (approximate) or ``"faiss"``
-            (``alpha=None`` only).
+        search: ``"exact"`` (exact kernel), ``"patchmatch"`` (approximate), ``"faiss"``
+            (``alpha=None`` only) or ``"auto"`` (exact while a level's brute-force work is within
+            ``exact_limit``, else PatchMatch; chosen per level and logged, see
+            :func:`vision_kernels.patchnn.search.choose_search`).
+        exact_limit: brute-force multiply-adds ``Nq * Nk * n`` up to which ``search="auto"`` is exact.
         patchmatch_iterations: PatchMatch steps per search (warm-started across PNN steps).
         reduction: voting reduction, ``"mean"``, ``"gaussian"`` or ``"median"``.
         progress: show a progress bar (None: the global vision_kernels setting).
@@ -68,6 +71,7 @@ class GPNNConfig:
     alpha: float | None = 0.005
     noise_std: float = 0.75
     search: str = "exact"
+    exact_limit: float = EXACT_WORK_LIMIT
     patchmatch_iterations: int = 6
     reduction: str = "mean"
     progress: bool | None = field(default=None, compare=False)
@@ -138,6 +142,7 @@ def pnn_step(
         seed=seed,
         init=init,
         patchmatch_iterations=config.patchmatch_iterations,
+        exact_limit=config.exact_limit,
     )
     return patch_vote(values, found.index, config.patch, reduction=config.reduction), found.index
 
@@ -180,6 +185,10 @@ def synthesize(
     hole: Tensor | None = None,
     seed: int = 0,
     key_masks: Sequence[Tensor] | None = None,
+    guides: tuple[Tensor, Tensor] | None = None,
+    guide_levels: int | None = None,
+    guide_only_start: bool = False,
+    desc: str = "GPNN",
 ) -> Tensor:
     """Run GPNN from ``coarse_guess`` (the output's coarsest level) to an output of ``output_shape``.
 
@@ -195,6 +204,14 @@ def synthesize(
         seed: seed of the PatchMatch search.
         key_masks: optional per-level bool masks over the key patch grids (finest first), e.g. the
             valid regions of a padded collage stack.
+        guides: optional ``(output guide [T, H, W, G] of output_shape, source guide [T, H, W, G] of the
+            source's shape)``: extra channels appended to the queries and the keys (never to the
+            values) so that matches also agree on them, e.g. a motion channel for video analogies.
+            Their scale sets their weight in ``D`` (the mean over all ``C + G`` channels).
+        guide_levels: number of coarsest levels that use ``guides`` (None: all).
+        guide_only_start: at the coarsest level's first step, match on the guides alone (the output
+            starts as pure guide, as VGPNN's analogies do).
+        desc: label of the progress bar.
 
     Returns:
         ``[T, H, W, C]`` output.
@@ -209,6 +226,7 @@ def synthesize(
         holes = [resize(hole.float()[..., None], s)[..., 0] > 0 for s in source_shapes]
     y = resize(coarse_guess, output_shapes[-1]) if tuple(coarse_guess.shape[:3]) != output_shapes[-1] else coarse_guess
     levels = len(source_shapes)
+    guided = set(range(levels) if guide_levels is None else range(max(0, levels - guide_levels), levels))
     coarsest_steps = config.iterations if config.coarsest_iterations is None else config.coarsest_iterations
     steps = [
         (level, step)
@@ -216,7 +234,9 @@ def synthesize(
         for step in range(coarsest_steps if level == levels - 1 else config.iterations)
     ]
     index = None
-    for level, step in progress(steps, desc="GPNN", enabled=config.progress):
+    level_config = config
+    guide_out = guide_src = None
+    for level, step in progress(steps, desc=desc, enabled=config.progress):
         values = sources[level]
         if step == 0:
             if level < levels - 1:
@@ -225,6 +245,11 @@ def synthesize(
             else:
                 keys = values
             index = None
+            if guides is not None and level in guided:
+                guide_out = resize(guides[0], output_shapes[level])  # [T, H, W, G]
+                guide_src = resize(guides[1], source_shapes[level])
+            else:
+                guide_out = guide_src = None
         else:
             keys = values
         query_mask = key_mask = None
@@ -235,8 +260,26 @@ def synthesize(
             query_mask = ~valid_patch_mask(known, config.patch)  # patches touching the hole
         if key_masks is not None:
             key_mask = key_masks[level] if key_mask is None else key_mask & key_masks[level]
+        queries = y
+        if guide_out is not None and guide_src is not None:
+            start = guide_only_start and level == levels - 1 and step == 0
+            queries = torch.cat([torch.zeros_like(y) if start else y, guide_out.to(y)], dim=-1)
+            keys = torch.cat([torch.zeros_like(keys) if start else keys, guide_src.to(keys)], dim=-1)
+        if step == 0:
+            level_config = config
+            if config.search == "auto":
+                count = None if query_mask is None else int(query_mask.sum())
+                method = choose_search(
+                    queries.shape,
+                    keys.shape,
+                    config.patch,
+                    alpha=config.alpha,
+                    exact_limit=config.exact_limit,
+                    query_count=count,
+                )
+                level_config = config.with_(search=method)
         voted, index = pnn_step(
-            y, keys, values, config, query_mask=query_mask, key_mask=key_mask, seed=seed + step, init=index
+            queries, keys, values, level_config, query_mask=query_mask, key_mask=key_mask, seed=seed + step, init=index
         )
         y = voted if holes is None else torch.where(holes[level][..., None], voted, values)
     return y

@@ -29,8 +29,12 @@ def level_scales(
 ) -> list[tuple[float, float]]:
     """``(temporal scale, spatial scale)`` of every level, finest (1, 1) first.
 
-    The number of levels is ``ceil(log(min(H, W) / coarsest) / log(ratio)) + 1``; level ``i`` has
-    spatial scale ``ratio**-i`` except the coarsest, whose scale makes the shorter side ``coarsest``.
+    The number of levels is ``max(ceil(log(min(H, W) / coarsest) / log(ratio)),
+    ceil(log(T / coarsest_frames) / log(temporal_ratio))) + 1`` (the temporal term only when
+    ``temporal_ratio > 1``): the pyramid goes on until both the spatial and the temporal minimum
+    are reached, as in VGPNN. Level ``i`` has spatial scale ``ratio**-i`` until the shorter side
+    reaches ``coarsest`` (the last spatial step is shortened to land on it; later levels keep it)
+    and temporal scale ``temporal_ratio**-i``, never below ``coarsest_frames`` frames.
     """
     if ratio <= 1:
         raise ValueError(f"vision_kernels.patchnn: argument 'ratio' must be > 1, got {ratio}")
@@ -40,10 +44,16 @@ def level_scales(
     side = min(height, width)
     if coarsest < 1:
         raise ValueError(f"vision_kernels.patchnn: argument 'coarsest' must be >= 1, got {coarsest}")
-    depth = max(0, math.ceil(math.log(side / coarsest) / math.log(ratio) - 1e-9)) if side > coarsest else 0
+    if coarsest_frames < 1:
+        raise ValueError(f"vision_kernels.patchnn: argument 'coarsest_frames' must be >= 1, got {coarsest_frames}")
+    spatial_depth = max(0, math.ceil(math.log(side / coarsest) / math.log(ratio) - 1e-9)) if side > coarsest else 0
+    temporal_depth = 0
+    if temporal_ratio > 1 and frames > coarsest_frames:
+        temporal_depth = max(0, math.ceil(math.log(frames / coarsest_frames) / math.log(temporal_ratio) - 1e-9))
+    depth = max(spatial_depth, temporal_depth)
     scales: list[tuple[float, float]] = []
     for i in range(depth + 1):
-        spatial = ratio**-i if i < depth else min(1.0, coarsest / side)
+        spatial = ratio**-i if i < spatial_depth else min(1.0, coarsest / side)
         temporal = max(temporal_ratio**-i, min(1.0, coarsest_frames / frames))
         if (
             scales

@@ -6,10 +6,15 @@
 ``faiss``      FAISS on unfolded patches, ``alpha=None`` only: ``IndexFlatL2`` (exact in FAISS's own
                float32 GEMM arithmetic) or ``IndexIVFFlat`` (approximate); on the GPU when
                faiss-gpu is installed and the tensors are on CUDA, else faiss-cpu.
+``auto``       ``exact`` while the brute-force work ``Nq * Nk * n`` (twice that with ``alpha``) stays
+               within ``exact_limit``, else ``patchmatch`` (memory linear in the patch counts, works
+               with ``alpha`` and masks); see :func:`choose_search`. The choice is logged on the
+               ``vision_kernels.patchnn`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -19,9 +24,57 @@ from torch import Tensor
 from ..ops.patch_nn import PatchNNResult, normalize_patch_size, patch_match, patch_nn
 from ..reference.patch_nn import unfold_patches
 
-__all__ = ["SEARCH_METHODS", "search_patches", "faiss_patch_nn"]
+__all__ = ["SEARCH_METHODS", "EXACT_WORK_LIMIT", "choose_search", "search_patches", "faiss_patch_nn"]
 
-SEARCH_METHODS = ("exact", "patchmatch", "faiss")
+SEARCH_METHODS = ("exact", "patchmatch", "faiss", "auto")
+
+# Brute-force multiply-adds (Nq * Nk * n) up to which method="auto" uses the exact kernel: ~0.3 s per
+# search on a 2-core CPU (the exact kernel ran at ~3e9 multiply-adds/s there). Above it the exact
+# search's quadratic cost dominates a VGPNN level (a 13 x 144 x 256 video's finest level is 6e13), and
+# PatchMatch (linear in the patch counts; recall vs exact: `python benchmarks/run.py --family vgpnn`)
+# is used instead.
+EXACT_WORK_LIMIT = 1e9
+
+logger = logging.getLogger("vision_kernels.patchnn")
+
+
+def choose_search(
+    query_shape: Sequence[int],
+    key_shape: Sequence[int],
+    patch_size: int | Sequence[int],
+    *,
+    alpha: float | None = None,
+    exact_limit: float = EXACT_WORK_LIMIT,
+    query_count: int | None = None,
+    log: bool = True,
+) -> str:
+    """The backend ``method="auto"`` uses for ``[T, H, W, C]`` shapes: ``"exact"`` when the exact
+    search's work ``Nq * Nk * n`` (``n = pt ph pw C``; doubled by the two passes of ``alpha``) is at
+    most ``exact_limit``, else ``"patchmatch"``. ``query_count`` overrides ``Nq`` (masked queries).
+    The decision and its figures are logged (INFO) on the ``vision_kernels.patchnn`` logger."""
+    pt, ph, pw = normalize_patch_size(patch_size, "vision_kernels.patchnn.choose_search")
+    q, k = [int(s) for s in query_shape], [int(s) for s in key_shape]
+    nq = math.prod(max(0, a - b + 1) for a, b in zip(q[:3], (pt, ph, pw), strict=True))
+    nk = math.prod(max(0, a - b + 1) for a, b in zip(k[:3], (pt, ph, pw), strict=True))
+    if query_count is not None:
+        nq = min(nq, int(query_count))
+    work = float(nq) * nk * pt * ph * pw * q[3] * (1 if alpha is None else 2)
+    method = "exact" if work <= exact_limit else "patchmatch"
+    if log:
+        logger.info(
+            "patch search %s: %d query x %d key patches of %dx%dx%dx%d, %.2g multiply-adds %s the exact limit %.2g",
+            method,
+            nq,
+            nk,
+            pt,
+            ph,
+            pw,
+            q[3],
+            work,
+            "within" if method == "exact" else "above",
+            exact_limit,
+        )
+    return method
 
 
 def search_patches(
@@ -37,8 +90,15 @@ def search_patches(
     init: Tensor | None = None,
     patchmatch_iterations: int = 6,
     faiss_index: str = "flat",
+    exact_limit: float = EXACT_WORK_LIMIT,
 ) -> PatchNNResult:
-    """Nearest key patch of every query patch with the chosen backend (inputs ``[T, H, W, C]``)."""
+    """Nearest key patch of every query patch with the chosen backend (inputs ``[T, H, W, C]``;
+    ``method="auto"``: see :func:`choose_search`)."""
+    if method == "auto":
+        count = None if query_mask is None else int(query_mask.sum())
+        method = choose_search(
+            queries.shape, keys.shape, patch_size, alpha=alpha, exact_limit=exact_limit, query_count=count, log=False
+        )
     if method == "exact":
         return patch_nn(queries, keys, patch_size, alpha=alpha, query_mask=query_mask, key_mask=key_mask)
     if method == "patchmatch":
