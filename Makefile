@@ -2,7 +2,7 @@
 # installs what it needs on a fresh machine.
 #
 #   make demo       vision-kernels demo into ./demo_output (pictures + benchmark table)
-#   make test       build, emulated CUDA kernels under TSan/ASan, then the pytest suite
+#   make test       build, emulated CUDA kernels under TSan/ASan, mypy, then the pytest suite
 #   make bench      python benchmarks/run.py (full sizes) into ./bench_output
 #   make sanitize   only the sanitizer runs of the emulated CUDA kernels
 #   make dev        editable install for development (incremental C++ rebuilds in build/dev)
@@ -53,8 +53,10 @@ sanitize: $(DEPS)
 	  VK_EMU_TIMEOUT=300 timeout $(EMU_TIMEOUT) setarch $$(uname -m) -R build/emu-$$sanitizer/vk_emu_tests; \
 	done
 
-# Run from python_tests/ so that the installed package is imported, not the source checkout.
+# mypy checks the source tree (config in pyproject.toml; ~1 min cold, seconds with its cache).
+# pytest runs from python_tests/ so that the installed package is imported, not the source checkout.
 test: install sanitize
+	$(BIN)/python -m mypy vision_kernels
 	cd python_tests && $(abspath $(BIN))/python -m pytest $(PYTEST_ARGS)
 
 bench: install

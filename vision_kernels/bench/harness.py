@@ -21,7 +21,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +62,7 @@ class Contenders:
     anchors: dict[str, Callable[[], Any]] = field(default_factory=dict)
     flops: float | None = None
     bytes_moved: float | None = None
-    metrics: dict[str, float | str] = field(default_factory=dict)
+    metrics: Mapping[str, float | str] = field(default_factory=dict)
     device: str = "cpu"
     single_run: tuple[str, ...] = ()
 

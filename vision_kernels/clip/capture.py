@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any, TypeGuard, cast
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +102,7 @@ class Capture:
 
     def to(self, device: torch.device | str) -> Capture:
         """A copy with every tensor moved to ``device``."""
-        moved = {}
+        moved: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             moved[f.name] = value.to(device) if isinstance(value, Tensor) else value
@@ -114,7 +115,7 @@ def _statistics(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return mean, (var + eps).sqrt()
 
 
-def _plain_layer_norm(norm: nn.Module, x: Tensor) -> bool:
+def _plain_layer_norm(norm: nn.Module, x: Tensor) -> TypeGuard[nn.LayerNorm]:
     """Whether ``norm(x)`` is exactly ``torch.native_layer_norm`` (torch's, open_clip's LayerNorm and LayerNormFp32
     on inputs of the weight's dtype), which also returns the statistics."""
     if not isinstance(norm, nn.LayerNorm) or type(norm).forward not in _plain_forwards():
@@ -128,7 +129,7 @@ def _normalize(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if _plain_layer_norm(norm, x):
         y, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         return y, mean.squeeze(-1), rstd.squeeze(-1).reciprocal()
-    mean, std = _statistics(x, float(norm.eps))
+    mean, std = _statistics(x, float(cast(float, norm.eps)))  # a LayerNorm-like module's epsilon
     return norm(x), mean, std
 
 

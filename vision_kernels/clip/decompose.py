@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -124,7 +125,7 @@ class Decomposition:
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Decomposition:
         """A copy with the term tensors converted (the capture is moved, not converted)."""
-        changes = {}
+        changes: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
@@ -273,13 +274,13 @@ def _layer_bias(block: object, tower: VisionTower) -> Tensor:
 
 def _concatenate(parts: list[Decomposition]) -> Decomposition:
     first = parts[0]
-    changes = {}
+    changes: dict[str, Any] = {}
     for f in fields(first):
         value = getattr(first, f.name)
         if isinstance(value, Tensor):
             changes[f.name] = torch.cat([getattr(p, f.name) for p in parts])
     if first.capture is not None:
-        cap_changes = {}
+        cap_changes: dict[str, Any] = {}
         for f in fields(first.capture):
             value = getattr(first.capture, f.name)
             if isinstance(value, Tensor):

@@ -23,9 +23,11 @@ the identity of the model that produced the contributions: a fingerprint of the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +257,8 @@ def _contributions(
     position = {layer: i for i, layer in enumerate(layers)}  # heads: [B, S, H, E]
     out = {}
     for key, members in keys.items():
-        out[key] = sum(heads[:, position[layer], head] for layer, head in members).float()  # type: ignore[misc]
+        terms = [heads[:, position[layer], head] for layer, head in members]  # each [B, E]
+        out[key] = functools.reduce(operator.add, terms).float()
     return out
 
 
@@ -536,7 +539,8 @@ class HeadIndex:
         for position, (key, index) in enumerate(self.indexes.items()):
             files[key] = f"index_{position:04d}.faiss"
             faiss.write_index(_on_cpu(index), str(folder / files[key]))
-        np.savez(folder / "means.npz", **{key: mean for key, mean in self.means.items() if mean is not None})
+        means = {key: mean for key, mean in self.means.items() if mean is not None}
+        np.savez(folder / "means.npz", **means)  # type: ignore[arg-type]  # numpy: any key might be allow_pickle
         meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -608,7 +612,7 @@ def _flat_search(
         scores = q @ keys[start : start + block].T  # [Q, b]
         top = scores.topk(min(k, scores.shape[1]), dim=1)
         indices = top.indices + start
-        if best_scores is not None:
+        if best_scores is not None and best_indices is not None:
             merged = torch.cat([best_scores, top.values], 1).topk(k, dim=1)
             indices = torch.cat([best_indices, indices], 1).gather(1, merged.indices)
             top_values = merged.values

@@ -50,7 +50,8 @@ def load_clip(name: str, pretrained: str | None = None, *, device: str | torch.d
         from transformers import AutoTokenizer, CLIPModel
 
         model_id = name[3:]
-        model = CLIPModel.from_pretrained(model_id).to(device).eval()
+        model: nn.Module = CLIPModel.from_pretrained(model_id)
+        model = model.to(device).eval()
         return LoadedClip(model, None, AutoTokenizer.from_pretrained(model_id), name, model_id)
     import open_clip
 

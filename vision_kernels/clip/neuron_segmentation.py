@@ -31,7 +31,7 @@ __all__ = ["NeuronSegmentation", "neuron_heatmaps", "neuron_segmentation", "sele
 FUNCTION = "vision_kernels.clip.neuron_segmentation"
 
 
-def _principal_table(statistics: Sequence[NeuronStatistics], function: str) -> tuple[Tensor, Tensor]:
+def _principal_table(statistics: NeuronStatistics | Sequence[NeuronStatistics], function: str) -> tuple[Tensor, Tensor]:
     """All neurons' principal directions ``[K, E]`` and their ``(layer, neuron)`` pairs ``[K, 2]``."""
     if isinstance(statistics, NeuronStatistics):
         statistics = [statistics]

@@ -245,8 +245,9 @@ def _split_constants(tower: VisionTower, layer: int, later: list[int], folded: T
     width = tower.width
     bias_out = source.mlp_out_bias()
     bias_out = torch.zeros(width, dtype=torch.float64) if bias_out is None else bias_out.detach().double().cpu()
-    if source.ls_2() is not None:
-        bias_out = bias_out * source.ls_2().detach().double().cpu()
+    gamma_2 = source.ls_2()
+    if gamma_2 is not None:
+        bias_out = bias_out * gamma_2.detach().double().cpu()
     final = tower.final_norm()
     gamma_f = final.weight.detach().double().cpu()
     proj = final.proj.detach().double().cpu()
@@ -262,8 +263,9 @@ def _split_constants(tower: VisionTower, layer: int, later: list[int], folded: T
         rows["beta"].append(values @ beta_1 + value_bias.detach().double().cpu())  # W_V beta_1 + b_V
         out_bias = block.out_bias()
         out_bias = torch.zeros(width, dtype=torch.float64) if out_bias is None else out_bias.detach().double().cpu()
-        if block.ls_1() is not None:
-            out_bias = out_bias * block.ls_1().detach().double().cpu()
+        gamma_1_scale = block.ls_1()
+        if gamma_1_scale is not None:
+            out_bias = out_bias * gamma_1_scale.detach().double().cpu()
         rows["out_bias"].append((out_bias * gamma_f) @ proj)  # [E]
     constants = {k: torch.stack(v) for k, v in rows.items()}  # [S, H * Dh] or [S, E]
     constants["folded"] = folded[later].cpu()  # [S, H, Dh, E] without centering
@@ -612,7 +614,7 @@ def collect_neuron_statistics(
         norms = centred.norm(dim=-1)  # [B, Nn]
         positions = torch.arange(seen, seen + effects.shape[0], device=norms.device)[:, None].expand_as(norms)
         seen += effects.shape[0]
-        if best_norms is not None:
+        if best_norms is not None and best_images is not None and best_vectors is not None:
             norms = torch.cat([best_norms, norms])
             positions = torch.cat([best_images, positions])
             centred = torch.cat([best_vectors, centred])
@@ -620,6 +622,8 @@ def collect_neuron_statistics(
         best_norms, order = norms.topk(keep, dim=0)  # [k, Nn]
         best_images = positions.gather(0, order)
         best_vectors = centred.gather(0, order[:, :, None].expand(-1, -1, centred.shape[-1]))  # [k, Nn, E]
+    # the first pass saw at least one image, so this pass ran at least once
+    assert best_norms is not None and best_images is not None and best_vectors is not None
     principal, explained = _principal_directions(best_vectors.transpose(0, 1))
     return NeuronStatistics(
         mean=mean,

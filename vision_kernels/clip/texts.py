@@ -126,16 +126,17 @@ def encode_texts(
             "vision_kernels.clip.encode_texts: argument 'tokenizer' is required for transformers models "
             "(e.g. transformers.CLIPTokenizer.from_pretrained(name))"
         )
+    tokenize: Callable[..., Any] = tokenizer  # the given one, or open_clip's default above
     device = next(model.parameters()).device
     outputs = []
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     with torch.no_grad():
         for batch in _progress.progress(batches, desc="encode texts", enabled=None if len(batches) > 1 else False):
             if kind == "open_clip":
-                tokens = tokenizer(batch).to(device)
+                tokens = tokenize(batch).to(device)
             else:
-                tokens = tokenizer(batch, padding=True, return_tensors="pt")
-                tokens = {k: v.to(device) for k, v in tokens.items()}
+                encoded = tokenize(batch, padding=True, return_tensors="pt")
+                tokens = {k: v.to(device) for k, v in encoded.items()}
             outputs.append(encode(tokens).float())
     embeddings = torch.cat(outputs)
     return F.normalize(embeddings, dim=-1) if normalize else embeddings

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,12 @@ from torch import Tensor, nn
 __all__ = ["VisionTower", "Block", "FinalNorm", "as_vision_tower"]
 
 FUNCTION = "vision_kernels.clip.decompose"
+
+# The adapters read open_clip / transformers modules by attribute name (``block.attn.out_proj``,
+# ``vision.embeddings``, ...). ``nn.Module.__getattr__`` types every such attribute as
+# ``Tensor | Module``, which says nothing about these models' structure, so the wrapped modules are
+# held as ``ForeignModule`` (Any) and the accessors' annotated return types carry the checking.
+ForeignModule = Any
 
 
 def _is_identity(module: object) -> bool:
@@ -227,8 +234,8 @@ class VisionTower(ABC):
 
 
 class _OpenClipBlock(Block):
-    def __init__(self, block: nn.Module) -> None:
-        self.block = block
+    def __init__(self, block: ForeignModule) -> None:
+        self.block: ForeignModule = block
         attention = block.attn
         if not _is_identity(getattr(block, "ln_attn", None)):
             raise _unsupported("scale_attn (a LayerNorm after the attention) mixes the heads non-linearly")
@@ -313,15 +320,19 @@ class _OpenClipBlock(Block):
 class OpenClipTower(VisionTower):
     """open_clip ``VisionTransformer`` with class-token pooling."""
 
-    def __init__(self, visual: nn.Module) -> None:
+    module: ForeignModule
+
+    def __init__(self, visual: ForeignModule) -> None:
         self.module = visual
         if getattr(visual, "attn_pool", None) is not None:
             raise _unsupported("attention pooling (attentional_pool / CoCa) replaces the class token")
         if getattr(visual, "pool_type", "tok") != "tok":
             raise _unsupported(f"pool_type={visual.pool_type!r}; only class-token pooling ('tok') is linear per token")
         self.blocks = [_OpenClipBlock(block) for block in visual.transformer.resblocks]
-        self.image_size = tuple(int(s) for s in visual.image_size)  # type: ignore[assignment]
-        self.patch_size = tuple(int(s) for s in visual.patch_size)  # type: ignore[assignment]
+        image_h, image_w = visual.image_size
+        patch_h, patch_w = visual.patch_size
+        self.image_size = (int(image_h), int(image_w))
+        self.patch_size = (int(patch_h), int(patch_w))
         self.in_channels = int(visual.conv1.in_channels)
         self.width = int(visual.conv1.out_channels)
         self.heads = self.blocks[0].heads if self.blocks else 1
@@ -360,8 +371,8 @@ class OpenClipTower(VisionTower):
 
 
 class _HuggingFaceBlock(Block):
-    def __init__(self, layer: nn.Module) -> None:
-        self.layer = layer
+    def __init__(self, layer: ForeignModule) -> None:
+        self.layer: ForeignModule = layer
         attention = layer.self_attn
         self.heads = int(attention.num_heads)
         self.head_dim = int(attention.head_dim)
@@ -409,14 +420,16 @@ class _HuggingFaceBlock(Block):
 class HuggingFaceTower(VisionTower):
     """transformers ``CLIPVisionModelWithProjection`` / ``CLIPModel`` / ``CLIPVisionModel``."""
 
-    def __init__(self, model: nn.Module, vision: nn.Module) -> None:
+    module: ForeignModule
+
+    def __init__(self, model: ForeignModule, vision: ForeignModule) -> None:
         self.module = model
-        self.vision = vision
+        self.vision: ForeignModule = vision
         self.projection = getattr(model, "visual_projection", None)
         self.blocks = [_HuggingFaceBlock(layer) for layer in vision.encoder.layers]
         embeddings = vision.embeddings
-        self.image_size = (int(embeddings.image_size),) * 2  # type: ignore[assignment]
-        self.patch_size = (int(embeddings.patch_size),) * 2  # type: ignore[assignment]
+        self.image_size = (int(embeddings.image_size), int(embeddings.image_size))
+        self.patch_size = (int(embeddings.patch_size), int(embeddings.patch_size))
         self.in_channels = int(embeddings.patch_embedding.in_channels)
         self.width = int(embeddings.embed_dim)
         self.heads = self.blocks[0].heads if self.blocks else 1
@@ -478,7 +491,7 @@ def as_vision_tower(model: object) -> VisionTower:
         return OpenClipTower(visual)
     for vision in (getattr(model, "vision_model", None), model):
         if all(hasattr(vision, name) for name in ("embeddings", "pre_layrnorm", "encoder", "post_layernorm")):
-            return HuggingFaceTower(model, vision)  # type: ignore[arg-type]
+            return HuggingFaceTower(model, vision)
     described = type(visual).__name__ if visual is not model else type(model).__name__
     raise TypeError(
         f"{FUNCTION}: argument 'model' must be an open_clip ViT (CLIP model or VisionTransformer tower) or a "

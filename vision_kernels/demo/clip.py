@@ -14,7 +14,9 @@ over skimage's sample images).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _model() -> tuple[torch.nn.Module, object, str]:
+def _model() -> tuple[torch.nn.Module, Callable[..., Any] | None, str]:
     from ..clip import load_clip
 
     name = os.environ.get("VK_CLIP_MODEL", "ViT-B-32")
@@ -78,7 +80,8 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
 
     # 1. Exactness and per-layer shares.
     with torch.no_grad():
-        plain = model.encode_image(samples).double()
+        encode_image = cast(Callable[[torch.Tensor], torch.Tensor], model.encode_image)  # open_clip CLIP's
+        plain = encode_image(samples).double()
     lines = [
         f"# CLIP decomposition of {description}",
         "",

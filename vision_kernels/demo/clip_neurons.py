@@ -100,6 +100,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         bank = bank[::6]
     text_embeddings = vc.encode_texts(model, bank, tokenizer=tokenizer)
     strongest = stats.top_norms[:, 0].topk(4 if quick else 8).indices
+    assert stats.neurons is not None  # statistics collected from neuron_directions name their neurons
     result = vc.sparse_text_decomposition(stats.principal[strongest], text_embeddings, bank, n_nonzero=5)
     names = [f"neuron {int(stats.neurons[i])} of layer {layer}" for i in strongest]
     header = f"# Sparse text decompositions (OMP, 5 texts of {len(bank)}), {description}\n\n"
@@ -156,6 +157,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         (f"Per-head neighbours of a text (layer {last}, head 0)", by_text, HEATMAP_TEXTS),
     ):
         lines += [f"## {title}", "", "| query | neighbours (id: cosine) |", "|---|---|"]
+        assert found.ids is not None  # the index was built with ids
         for query, ids, scores in zip(queries, found.ids, found.scores.tolist(), strict=True):
             lines.append(f"| {query} | " + ", ".join(f"{i}: {s:.2f}" for i, s in zip(ids, scores, strict=True)) + " |")
         lines.append("")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -138,17 +139,21 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         count = 6 if quick else 12
         pretrain_steps, finetune_steps, invert_steps, draws = (200, 150, 100, 16) if quick else (400, 250, 200, 32)
         torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            sample_size=SIZE,
-            in_channels=3,
-            out_channels=3,
-            layers_per_block=1,
-            block_out_channels=(8, 16),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=8,
-            attention_head_dim=8,
-            norm_num_groups=8,
+        # cast: diffusers' top-level lazy __init__ types its classes as the torch-less dummy objects
+        unet = cast(
+            torch.nn.Module,
+            UNet2DConditionModel(
+                sample_size=SIZE,
+                in_channels=3,
+                out_channels=3,
+                layers_per_block=1,
+                block_out_channels=(8, 16),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=8,
+                attention_head_dim=8,
+                norm_num_groups=8,
+            ),
         )
         scheduler = DDPMScheduler(num_train_timesteps=1000)
         prompt = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(3))  # stand-in for "sks person"
@@ -160,9 +165,9 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         for _ in range(pretrain_steps):
             x0 = family[torch.randint(0, 64, (8,), generator=generator)]
             noise, t = torch.randn(x0.shape, generator=generator), torch.randint(0, 1000, (8,), generator=generator)
-            loss = denoising_loss(unet, scheduler, x0, prompt, noise, t)
+            training_loss = denoising_loss(unet, scheduler, x0, prompt, noise, t)
             optimizer.zero_grad()
-            loss.backward()
+            training_loss.backward()
             optimizer.step()
         unet.requires_grad_(False)
 
@@ -191,19 +196,21 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         space = fit_streaming(matrix, components, show_progress=False)
         exact = fit_exact(matrix, components, show_progress=False)
         space_path = space.save(out_dir / "w2w_space.safetensors")
+        training = space.coefficients  # [count, components]: the streaming fit keeps the training coordinates
+        assert training is not None
 
         def loss(coefficients: torch.Tensor, image: torch.Tensor) -> float:
             return evaluate_denoising_loss(space, unet, scheduler, image, prompt, coefficients, draws=draws)
 
         images = [image for image, _ in identities]
         mean_model = torch.zeros(components)
-        loss_matrix = [[loss(space.coefficients[i], image) for image in images] for i in range(count)]
+        loss_matrix = [[loss(training[i], image) for image in images] for i in range(count)]
         loss_matrix.append([loss(mean_model, image) for image in images])
 
         # 4. Sampling and editing ("right" = disc on the right, with "red" projected out).
         samples = sample_coefficients(space, 200, generator=torch.Generator().manual_seed(4))
         labels = {name: [attributes[name] for _, attributes in identities] for name in ("right", "red")}
-        direction = edit_direction(space.coefficients, labels["right"], project_out={"red": labels["red"]})
+        direction = edit_direction(training, labels["right"], project_out={"red": labels["red"]})
         scale = float(space.coefficient_std[0])
         strengths = [-2.0, -1.0, 0.0, 1.0, 2.0]
         right = [i for i, (_, a) in enumerate(identities) if a["right"] > 0]
@@ -226,7 +233,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         result = invert(space, unet, scheduler, target, prompt, steps=invert_steps, lr=0.3, batch_size=8,
                         callback=monitor, show_progress=False)  # fmt: skip
         before, after = loss(mean_model, target), loss(result.coefficients, target)
-        best_training = min(loss(space.coefficients[i], target) for i in range(count))
+        best_training = min(loss(training[i], target) for i in range(count))
         exported = space.export_adapter(out_dir / "inverted_adapter", result.coefficients, format="diffusers")
         assert torch.equal(read_adapter(exported).vector(), space.reconstruct(result.coefficients))
 
@@ -238,7 +245,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             "loss_rows": [f"LoRA {i}" for i in range(count)] + ["mean model"],
             "ev_streaming": space.explained_variance_ratio.tolist(),
             "ev_exact": exact.explained_variance_ratio.tolist(),
-            "training_coefficients": space.coefficients.tolist(),
+            "training_coefficients": training.tolist(),
             "sampled_coefficients": samples.tolist(),
             "edit_start": mean_model.tolist(),
             "edit_end": apply_edit(mean_model, direction, 2 * scale).tolist(),

@@ -44,6 +44,8 @@ class FourierFeatures(nn.Module):
     saved with the state dict). Larger ``sigma`` lets the MLP represent higher frequencies of the filter.
     """
 
+    frequencies: Tensor  # [in_features, features] buffer
+
     def __init__(self, in_features: int = 2, features: int = 16, sigma: float = 1.0, *, seed: int = 0) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
@@ -76,6 +78,8 @@ class ContinuousFilter(nn.Module):
         fourier_features: number of random frequencies (0: raw offsets only).
         fourier_sigma: standard deviation of the frequencies (cycles per half-support).
     """
+
+    half_support: Tensor  # [2] buffer: (Kh / 2, Kw / 2)
 
     def __init__(
         self,

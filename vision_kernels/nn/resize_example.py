@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -111,13 +112,13 @@ class ResizeNet(nn.Module):
         self, features: int = 12, support: int = 4, image_support: int = 8, hidden: tuple[int, ...] = (32, 32)
     ) -> None:
         super().__init__()
-        options = {"padding_mode": "replicate", "hidden": hidden}
+        cc_conv = partial(CCConv2d, padding_mode="replicate", hidden=hidden)
         k = (image_support, image_support)
         interpolation = InterpolationFilter(1, k, hidden=hidden, fourier_features=8)
         self.resize_image = CCConv2d(1, 1, k, padding_mode="replicate", bias=False, filter=interpolation)  # R
-        self.head = nn.ModuleList([CCConv2d(1, features, 3, **options), CCConv2d(features, features, 3, **options)])
-        self.resize_features = CCConv2d(features, features, support, fourier_features=8, **options)  # U
-        self.tail = nn.ModuleList([CCConv2d(features, features, 3, **options), CCConv2d(features, 1, 3, **options)])
+        self.head = nn.ModuleList([cc_conv(1, features, 3), cc_conv(features, features, 3)])
+        self.resize_features = cc_conv(features, features, support, fourier_features=8)  # U
+        self.tail = nn.ModuleList([cc_conv(features, features, 3), cc_conv(features, 1, 3)])
         last = self.tail[1]
         assert isinstance(last, CCConv2d) and isinstance(last.filter, nn.Module) and last.bias is not None
         nn.init.zeros_(last.filter.mlp[-1].weight)  # type: ignore[index, union-attr]

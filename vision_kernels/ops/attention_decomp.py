@@ -23,6 +23,7 @@ scale and offset.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -205,7 +206,11 @@ def _(
     return values.new_empty(shape, dtype=out_dtype or values.dtype)
 
 
-def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+# The autograd context is torch's dynamic per-call object: it carries torch's own fields
+# (saved_tensors, needs_input_grad) and the attributes _setup_context stores on it, so it is Any.
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
     values, attn, folded, scale, offset, layers, keep_layers, keep_heads, keep_tokens, _, _ = inputs
     ctx.save_for_backward(values, attn, folded, scale)
     ctx.has_offset = offset is not None
@@ -214,7 +219,7 @@ def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, outp
     ctx.keep = (keep_layers, keep_heads, keep_tokens)
 
 
-def _backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+def _backward(ctx: Any, grad: Tensor) -> tuple:
     """Gradients of ``out = sum_group scale A (v @ M) + count * offset`` (plain torch; memory O(B S H N Dh))."""
     values, attn, folded, scale = ctx.saved_tensors
     accumulate = torch.float64 if values.dtype == torch.float64 else torch.float32

@@ -59,7 +59,7 @@ class PatchNNResult(NamedTuple):
             +inf for masked queries).
     """
 
-    index: Tensor
+    index: Tensor  # type: ignore[assignment]  # the field shadows tuple.index (public name, kept)
     distance: Tensor
 
 
@@ -73,7 +73,10 @@ def normalize_patch_size(patch_size: int | Sequence[int], function: str = PATCH_
     if isinstance(patch_size, int):
         size = (1, patch_size, patch_size)
     elif isinstance(patch_size, Sequence) and len(patch_size) in (2, 3) and all(isinstance(p, int) for p in patch_size):
-        size = (1, *patch_size) if len(patch_size) == 2 else tuple(patch_size)
+        if len(patch_size) == 2:
+            size = (1, patch_size[0], patch_size[1])
+        else:
+            size = (patch_size[0], patch_size[1], patch_size[2])
     else:
         raise TypeError(
             f"{function}: argument 'patch_size' must be an int or a sequence of 2 or 3 ints, got {patch_size!r}"

@@ -333,8 +333,10 @@ def _project_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         )  # [B, D]
     grad_w = grad_mean = grad_std = grad_basis = None
     if ctx.needs_input_grad[0]:
+        assert grad_w_acc is not None  # computed above whenever w, mean or std needs a gradient
         grad_w = grad_w_acc.to(w.dtype)
     if ctx.needs_input_grad[1]:
+        assert grad_w_acc is not None and mean is not None  # a mean that needs a gradient was given
         grad_mean = (-grad_w_acc.sum(0)).to(mean.dtype)
     if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
         centered = w.to(accumulate) - (mean.to(accumulate) if mean is not None else 0)  # [B, D]

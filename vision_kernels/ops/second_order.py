@@ -23,6 +23,7 @@ bfloat16 independently of the inputs' dtype. Gradients flow to every tensor inpu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -207,14 +208,18 @@ def _(
     return attn.new_empty(shape, dtype=out_dtype or attn.dtype)
 
 
-def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+# The autograd context is torch's dynamic per-call object: it carries torch's own fields
+# (saved_tensors, needs_input_grad) and the attributes _setup_context stores on it, so it is Any.
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
     attn, ln_std, activations, directions, scale, offset, layers, _, _ = inputs
     ctx.save_for_backward(attn, ln_std, activations, directions, scale)
     ctx.has_offset = offset is not None
     ctx.layers = list(layers)
 
 
-def _backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+def _backward(ctx: Any, grad: Tensor) -> tuple:
     """Gradients of ``out = sum_p coef[p] directions[p] + offset`` with ``coef = scale sum_t A / std act`` (torch)."""
     attn, ln_std, activations, directions, scale = ctx.saved_tensors
     accumulate = torch.float64 if attn.dtype == torch.float64 else torch.float32

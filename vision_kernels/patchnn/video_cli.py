@@ -180,7 +180,8 @@ def _inpaint(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     video, fps = _load(args.input, args)
-    mask = read_video_mask(args.mask, tuple(video.shape[:3]))
+    frames, height, width = video.shape[:3]
+    mask = read_video_mask(args.mask, (frames, height, width))
     result = inpaint_video(
         video, mask, config=_config(args, video.shape), seed=args.seed, fit_coarsest=not args.fixed_coarsest
     )

@@ -16,6 +16,7 @@ Two references:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -77,7 +78,8 @@ def materialized_decomposition(
     and bias shared evenly by the 2L + 1 intermediates, an attention layer's share and its
     out-projection bias split evenly over its N * H terms).
     """
-    visual = getattr(model, "visual", model)
+    # open_clip's VisionTransformer, read by attribute name (nn.Module types those as Tensor | Module).
+    visual: Any = getattr(model, "visual", model)
     x = visual._embeds(images)  # [B, N, W]
     embedding = x[:, 0]  # [B, W]
     attentions, mlps = [], []

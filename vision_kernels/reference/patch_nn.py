@@ -277,8 +277,8 @@ class _MatchReference:
         nq = self.q.shape[0]
         self.qmask = torch.ones(nq, dtype=torch.bool) if query_mask is None else query_mask.reshape(-1)
         self.kmask = torch.ones(self.k.shape[0], dtype=torch.bool) if key_mask is None else key_mask.reshape(-1)
-        self.den = None if key_den is None else key_den.reshape(-1).double()
-        self.weight = None if key_den is None else 1.0 / self.den
+        self.den: Tensor | None = None if key_den is None else key_den.reshape(-1).double()
+        self.weight: Tensor | None = None if self.den is None else 1.0 / self.den
         self.seed = seed
         self.rows = torch.arange(nq)
         self.key = torch.full((nq,), -1, dtype=torch.long)

@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -165,7 +165,7 @@ def lora_config(layout: LoraLayout) -> Any:
     alpha: float | int = int(layout.alpha) if float(layout.alpha).is_integer() else layout.alpha
     return LoraConfig(
         r=layout.rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha scales as alpha / r
         target_modules=list(layout.modules),
         use_rslora=layout.use_rslora,
         base_model_name_or_path=layout.base_model,
@@ -206,15 +206,32 @@ def write_adapter(
     else:
         from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
-        state = {f"{m}.lora_{p}.weight": t.contiguous() for (m, p), t in tensors.items()}
+        layers: dict[str, torch.nn.Module | Tensor] = {
+            f"{m}.lora_{p}.weight": t.contiguous() for (m, p), t in tensors.items()
+        }
         metadata = {k: v for k, v in config.to_dict().items() if v is not None}
         StableDiffusionLoraLoaderMixin.save_lora_weights(
-            str(folder), unet_lora_layers=state, unet_lora_adapter_metadata=metadata
+            str(folder), unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
         )
     return folder
 
 
 # ---------------------------------------------------------------- on a diffusers UNet
+
+
+class PeftAdapters(Protocol):
+    """The peft adapter methods diffusers models carry (``PeftAdapterMixin``), beyond ``nn.Module``."""
+
+    def add_adapter(self, adapter_config: Any, adapter_name: str = ...) -> None: ...
+
+    def set_adapter(self, adapter_name: str | list[str]) -> None: ...
+
+    def delete_adapters(self, adapter_names: str | list[str]) -> None: ...
+
+
+def peft_adapters(unet: torch.nn.Module) -> PeftAdapters:
+    """``unet`` seen through its peft adapter methods (a diffusers model: ``UNet2DConditionModel``, ...)."""
+    return cast(PeftAdapters, unet)
 
 
 def lora_parameter_names(layout: LoraLayout, adapter_name: str) -> list[str]:
@@ -236,12 +253,12 @@ def attach_lora(unet: torch.nn.Module, layout: LoraLayout, *, adapter_name: str 
             f"({len(missing)} of the layout's {len(layout.modules)} modules are missing): "
             "is it the base model the adapters were trained on?"
         )
-    unet.add_adapter(lora_config(layout), adapter_name=adapter_name)
+    peft_adapters(unet).add_adapter(lora_config(layout), adapter_name=adapter_name)
     parameters = dict(unet.named_parameters())
     for entry, name in zip(layout.entries, lora_parameter_names(layout, adapter_name), strict=True):
         shape = tuple(parameters[name].shape)
         if shape != entry.shape:
-            unet.delete_adapters(adapter_name)
+            peft_adapters(unet).delete_adapters(adapter_name)
             raise ValueError(
                 f"vision_kernels.weightspace.attach_lora: {entry.module}.lora_{entry.part} has shape {list(shape)} "
                 f"on this model, the layout expects {list(entry.shape)}"
@@ -250,7 +267,7 @@ def attach_lora(unet: torch.nn.Module, layout: LoraLayout, *, adapter_name: str 
 
 def remove_lora(unet: torch.nn.Module, adapter_name: str = "w2w") -> None:
     """Remove an adapter added by :func:`attach_lora`."""
-    unet.delete_adapters(adapter_name)
+    peft_adapters(unet).delete_adapters(adapter_name)
 
 
 def lora_parameters(vector: Tensor, layout: LoraLayout, adapter_name: str = "w2w") -> dict[str, Tensor]:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .._progress import progress
 from ..ops._checks import ArgCheck
-from .adapters import attach_lora, load_vector_into, lora_parameters
+from .adapters import attach_lora, load_vector_into, lora_parameters, peft_adapters
 from .layout import LoraLayout
 from .space import WeightSpace
 
@@ -190,10 +190,15 @@ def finetune_lora(
     from peft import LoraConfig
 
     source = _as_latents(latents)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), init_lora_weights=True)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha scales as alpha / r
+        target_modules=list(target_modules),
+        init_lora_weights=True,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        unet.add_adapter(config, adapter_name=adapter_name)
+        peft_adapters(unet).add_adapter(config, adapter_name=adapter_name)
     try:
         trainable = {n: p for n, p in unet.named_parameters() if f".{adapter_name}." in n and ".lora_" in n}
         with _frozen(unet):
@@ -214,13 +219,13 @@ def finetune_lora(
         layout = LoraLayout.from_tensors(tensors, rank=rank, alpha=alpha, base_model=base_model)
         return layout.flatten(tensors), layout
     finally:
-        unet.delete_adapters(adapter_name)
+        peft_adapters(unet).delete_adapters(adapter_name)
 
 
 def _ensure_adapter(unet: torch.nn.Module, layout: LoraLayout, adapter_name: str) -> None:
     if adapter_name not in (getattr(unet, "peft_config", None) or {}):
         attach_lora(unet, layout, adapter_name=adapter_name)
-    unet.set_adapter(adapter_name)
+    peft_adapters(unet).set_adapter(adapter_name)
 
 
 def _space_layout(space: WeightSpace, function: str) -> LoraLayout:
@@ -413,7 +418,7 @@ def generate_latents(
     """
     layout = _space_layout(space, "vision_kernels.weightspace.generate_latents")
     _ensure_adapter(unet, layout, adapter_name)
-    config = unet.config
+    config: Any = unet.config  # the diffusers model's FrozenDict config
     if latents is None:
         shape = (1, config.in_channels, config.sample_size, config.sample_size)
         latents = torch.randn(shape, generator=generator).to(encoder_hidden_states.device)
@@ -423,14 +428,16 @@ def generate_latents(
     edited = original if edited_coefficients is None else space.reconstruct(edited_coefficients.float())
     threshold = float("inf") if edit_from_timestep is None else edit_from_timestep
     guided = guidance_scale != 1.0
-    if guided and negative_encoder_hidden_states is None:
-        negative_encoder_hidden_states = torch.zeros_like(encoder_hidden_states)
+    if guided:
+        negative = negative_encoder_hidden_states
+        if negative is None:
+            negative = torch.zeros_like(encoder_hidden_states)
+        states = torch.cat([negative, encoder_hidden_states])
+    else:
+        states = encoder_hidden_states
     with DelayedInjection(unet, layout, original, edited, threshold, adapter_name=adapter_name):
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
-            states = (
-                torch.cat([negative_encoder_hidden_states, encoder_hidden_states]) if guided else encoder_hidden_states
-            )
             prediction = unet(model_input, t, encoder_hidden_states=states).sample
             if guided:
                 unconditional, conditional = prediction.chunk(2)

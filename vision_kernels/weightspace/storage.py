@@ -91,7 +91,7 @@ class FileRows:
     tensor, or the one called ``"weights"``).
     """
 
-    def __init__(self, path: str | Path, name: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"vision_kernels.weightspace: no weight matrix file {self.path}")
@@ -299,7 +299,7 @@ class MatrixWriter:
                 f"vision_kernels.weightspace: more than the declared {self.rows} rows written to {self.path}"
             )
         data = block.detach().to("cpu", self.dtype).contiguous()
-        self._handle.write(memoryview(data.view(torch.uint8).numpy()).cast("B"))
+        self._handle.write(data.view(torch.uint8).numpy().data.cast("B"))
         self.written += block.shape[0]
 
     def close(self) -> None:

@@ -72,8 +72,8 @@ def _faiss_flat(keys: torch.Tensor) -> tuple[Any, np.ndarray] | None:
         import faiss
     except ImportError:
         return None
-    vectors = reference.unfold_patches(keys[None], PATCH).reshape(-1, PATCH * PATCH * keys.shape[-1])
-    vectors = np.ascontiguousarray(vectors.numpy())
+    patches = reference.unfold_patches(keys[None], PATCH).reshape(-1, PATCH * PATCH * keys.shape[-1])
+    vectors = np.ascontiguousarray(patches.numpy())
     index = faiss.IndexFlatL2(vectors.shape[1])
     index.add(vectors)
     return index, vectors
