@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +138,16 @@ def test_save_load_round_trip_and_model_identity(database, tmp_path, make_tiny_v
     (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"holds format 'vision_kernels.HeadIndex' version 99"):
         vc.HeadIndex.load(folder, model)
+
+
+def test_group_names_that_are_savez_keywords_round_trip(make_tiny_vit, make_images, tmp_path) -> None:
+    model, images = make_tiny_vit(layers=2), make_images(6, seed=3)
+    groups = {"file": [(1, 0)], "allow_pickle": [(1, 1), (0, 2)]}
+    index = vc.HeadIndex.build(model, images, layers=[], groups=groups)
+    loaded = vc.HeadIndex.load(index.save(tmp_path / "db"), model)
+    assert set(loaded.means) == set(index.means) == set(groups)
+    for key, mean in index.means.items():
+        assert mean is not None and np.array_equal(loaded.means[key], mean)
 
 
 def test_fingerprint_is_stable_and_device_agnostic(make_tiny_vit) -> None:

@@ -535,18 +535,22 @@ class HeadIndex:
         faiss = _faiss()
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        files = {}
+        files, mean_names, arrays = {}, {}, {}
         for position, (key, index) in enumerate(self.indexes.items()):
             files[key] = f"index_{position:04d}.faiss"
             faiss.write_index(_on_cpu(index), str(folder / files[key]))
-        means = {key: mean for key, mean in self.means.items() if mean is not None}
-        np.savez(folder / "means.npz", **means)  # type: ignore[arg-type]  # numpy: any key might be allow_pickle
+            mean = self.means.get(key)
+            if mean is not None:  # stored under positional names: user group names may collide with savez's
+                mean_names[key] = f"mean_{position:04d}"
+                arrays[mean_names[key]] = mean
+        np.savez(folder / "means.npz", **arrays)  # type: ignore[arg-type]  # numpy: any key might be allow_pickle
         meta = {
             "format": FORMAT,
             "version": VERSION,
             "identity": {"name": self.identity.name, "fingerprint": self.identity.fingerprint},
             "keys": {key: [list(pair) for pair in pairs] for key, pairs in self.keys.items()},
             "files": files,
+            "means": mean_names,
             "metric": self.metric,
             "center": self.center,
             "kind": self.kind,
@@ -582,7 +586,7 @@ class HeadIndex:
                 loaded = faiss.index_cpu_to_gpu(_gpu_resources or faiss.StandardGpuResources(), gpu, loaded)
             indexes[key] = loaded
         with np.load(folder / "means.npz") as stored:
-            means = {key: (stored[key] if key in stored.files else None) for key in meta["files"]}
+            means = {key: (stored[meta["means"][key]] if key in meta["means"] else None) for key in meta["files"]}
         return cls(
             identity=identity,
             keys={key: tuple(tuple(p) for p in pairs) for key, pairs in meta["keys"].items()},
