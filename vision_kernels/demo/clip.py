@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,8 +80,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
 
     # 1. Exactness and per-layer shares.
     with torch.no_grad():
-        encode_image = cast(Callable[[torch.Tensor], torch.Tensor], model.encode_image)  # open_clip CLIP's
-        plain = encode_image(samples).double()
+        plain = tower.encode(samples).double()  # the model's own image embedding (open_clip or transformers)
     lines = [
         f"# CLIP decomposition of {description}",
         "",
