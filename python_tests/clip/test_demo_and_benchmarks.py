@@ -14,7 +14,7 @@ def test_benchmark_cases_are_registered_and_their_contenders_agree() -> None:
 
     load_cases()
     clip_cases = {c.name: c for c in CASES if c.family == "clip"}
-    assert len(clip_cases) == 4
+    assert len(clip_cases) == 5
     op_case = next(c for name, c in clip_cases.items() if name.startswith("attention_decomposition op"))
     contenders = op_case.setup(True)
     torch.testing.assert_close(contenders.ours(), contenders.reference(), rtol=1e-4, atol=1e-5)

@@ -36,7 +36,7 @@ def _images(batch: int) -> torch.Tensor:
     return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
-def _decomposition_case(per_token: bool, quick: bool) -> Contenders:
+def _decomposition_case(per_token: bool, quick: bool, dtype: torch.dtype | None = None) -> Contenders:
     from vision_kernels.clip import decompose
     from vision_kernels.reference.attention_decomp import materialized_decomposition
 
@@ -44,7 +44,7 @@ def _decomposition_case(per_token: bool, quick: bool) -> Contenders:
     images = _images(1 if quick else 8)
 
     def ours() -> torch.Tensor:
-        return decompose(model, images, per_token=per_token, keep_capture=False).heads
+        return decompose(model, images, per_token=per_token, keep_capture=False, dtype=dtype).heads
 
     def reference() -> torch.Tensor:
         heads = materialized_decomposition(model, images)["heads"]  # [B, L, N, H, E]
@@ -56,7 +56,7 @@ def _decomposition_case(per_token: bool, quick: bool) -> Contenders:
 
     with torch.no_grad():
         want = model.encode_image(images).double()
-    total = decompose(model, images, per_token=per_token, keep_capture=False).total()
+    total = decompose(model, images, per_token=per_token, keep_capture=False, dtype=dtype).total()
     error = float(((total - want).norm(dim=-1) / want.norm(dim=-1)).max())
     return Contenders(
         ours=ours,
@@ -74,6 +74,12 @@ def decompose_summed(quick: bool) -> Contenders:
 @case("clip", "decompose ViT-B-32 224px batch 8, per token [B, L, H, N, E] (quick: batch 1)", repeats=3)
 def decompose_per_token(quick: bool) -> Contenders:
     return _decomposition_case(per_token=True, quick=quick)
+
+
+@case("clip", "decompose ViT-B-32 224px batch 8, per token, fp16 terms (quick: batch 1)", quick=False, repeats=3)
+def decompose_per_token_fp16(quick: bool) -> Contenders:
+    """The caller's output dtype: fp16 terms halve the [B, L, H, N, E] output that bounds the peak memory."""
+    return _decomposition_case(per_token=True, quick=quick, dtype=torch.float16)
 
 
 @case("clip", "attention_decomposition op, ViT-B-32 shapes batch 8 per token (quick: batch 2)")
