@@ -21,7 +21,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,44 @@ __all__ = [
     "time_callable",
     "time_and_peak_once",
     "peak_memory",
+    "LazyMetrics",
+    "KeepLast",
 ]
+
+
+class LazyMetrics(Mapping[str, float | str]):
+    """Metrics computed on first read, i.e. after the timed runs, from a function of their outputs
+    (recall, quality), so that no extra run is needed to obtain them."""
+
+    def __init__(self, compute: Callable[[], dict[str, float | str]]) -> None:
+        self._compute = compute
+        self._values: dict[str, float | str] | None = None
+
+    def _get(self) -> dict[str, float | str]:
+        if self._values is None:
+            self._values = self._compute()
+        return self._values
+
+    def __getitem__(self, key: str) -> float | str:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+class KeepLast:
+    """Wrap a contender so that its last result stays available to :class:`LazyMetrics`."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.last: Any = None
+
+    def __call__(self) -> Any:
+        self.last = self.fn()
+        return self.last
 
 
 @dataclass

@@ -9,53 +9,19 @@ computed lazily from the last output of each timed callable, so no extra run is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from vision_kernels.bench.harness import Contenders, case
+from vision_kernels.bench.harness import Contenders, KeepLast, LazyMetrics, case
 from vision_kernels.ops import patch_match, patch_nn, patch_vote
 from vision_kernels.reference import patch_nn as reference
 
 FAMILY = "patch_nn"
 PATCH = 7
 ALPHA = 0.005
-
-
-class _LazyMetrics(Mapping[str, float | str]):
-    """Metrics computed on first read (after the timed runs) from a function of their outputs."""
-
-    def __init__(self, compute: Callable[[], dict[str, float | str]]) -> None:
-        self._compute = compute
-        self._values: dict[str, float | str] | None = None
-
-    def _get(self) -> dict[str, float | str]:
-        if self._values is None:
-            self._values = self._compute()
-        return self._values
-
-    def __getitem__(self, key: str) -> float | str:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-
-class _Keep:
-    """Wrap a callable so that its last result stays available."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.last: Any = None
-
-    def __call__(self) -> Any:
-        self.last = self.fn()
-        return self.last
 
 
 def _image(name: str, size: int) -> torch.Tensor:
@@ -83,15 +49,15 @@ def _search_contenders(queries: torch.Tensor, keys: torch.Tensor, alpha: float |
     nq = (queries.shape[0] - PATCH + 1) * (queries.shape[1] - PATCH + 1)
     nk = (keys.shape[0] - PATCH + 1) * (keys.shape[1] - PATCH + 1)
     depth = PATCH * PATCH * keys.shape[-1]
-    ours = _Keep(lambda: patch_nn(queries, keys, PATCH, alpha=alpha))
-    chunked = _Keep(lambda: reference.patch_nn_chunked(queries[None], keys[None], PATCH, alpha=alpha))
+    ours = KeepLast(lambda: patch_nn(queries, keys, PATCH, alpha=alpha))
+    chunked = KeepLast(lambda: reference.patch_nn_chunked(queries[None], keys[None], PATCH, alpha=alpha))
     anchors: dict[str, Callable[[], Any]] = {}
     faiss_search = None
     built = _faiss_flat(keys)
     if built is not None:
         index, _ = built
         query_vectors = np.ascontiguousarray(reference.unfold_patches(queries[None], PATCH).reshape(-1, depth).numpy())
-        faiss_search = _Keep(lambda: index.search(query_vectors, 1))
+        faiss_search = KeepLast(lambda: index.search(query_vectors, 1))
         anchors["faiss-cpu IndexFlatL2 (search only)"] = faiss_search
 
     def metrics() -> dict[str, float | str]:
@@ -110,7 +76,7 @@ def _search_contenders(queries: torch.Tensor, keys: torch.Tensor, alpha: float |
         reference=chunked,
         anchors=anchors,
         flops=2.0 * passes * nq * nk * depth,  # the GEMM-form work of one (or two) brute-force passes
-        metrics=_LazyMetrics(metrics),  # type: ignore[arg-type]
+        metrics=LazyMetrics(metrics),
     )
 
 
@@ -159,9 +125,9 @@ def match(quick: bool) -> Contenders:
     size = 96 if quick else 256
     image = _image("astronaut", size)
     shuffled = torch.roll(image, (37, -61), (0, 1)).flip(1).contiguous()
-    ours = _Keep(lambda: patch_match(shuffled, image, PATCH, iterations=6, seed=0))
-    exact = _Keep(lambda: patch_nn(shuffled, image, PATCH))
-    ours_alpha = _Keep(lambda: patch_match(shuffled, image, PATCH, alpha=ALPHA, iterations=6, seed=0))
+    ours = KeepLast(lambda: patch_match(shuffled, image, PATCH, iterations=6, seed=0))
+    exact = KeepLast(lambda: patch_nn(shuffled, image, PATCH))
+    ours_alpha = KeepLast(lambda: patch_match(shuffled, image, PATCH, alpha=ALPHA, iterations=6, seed=0))
 
     def metrics() -> dict[str, float | str]:
         found: dict[str, float | str] = {}
@@ -177,7 +143,7 @@ def match(quick: bool) -> Contenders:
         ours=ours,
         reference=exact,  # the exact kernel: what PatchMatch approximates
         anchors={"patch_match alpha=0.005": ours_alpha},
-        metrics=_LazyMetrics(metrics),  # type: ignore[arg-type]
+        metrics=LazyMetrics(metrics),
     )
 
 
@@ -189,8 +155,8 @@ def gpnn_end_to_end(quick: bool) -> Contenders:
     image = _image("chelsea", size)
     exact_config = GPNNConfig(progress=False)
     approx_config = GPNNConfig(search="patchmatch", progress=False)
-    exact = _Keep(lambda: generate(image, seed=1, config=exact_config))
-    approx = _Keep(lambda: generate(image, seed=1, config=approx_config))
+    exact = KeepLast(lambda: generate(image, seed=1, config=exact_config))
+    approx = KeepLast(lambda: generate(image, seed=1, config=approx_config))
 
     def metrics() -> dict[str, float | str]:
         if exact.last is None or approx.last is None:
@@ -206,5 +172,5 @@ def gpnn_end_to_end(quick: bool) -> Contenders:
     return Contenders(
         ours=exact,
         anchors={"GPNN approximate (PatchMatch)": approx},
-        metrics=_LazyMetrics(metrics),  # type: ignore[arg-type]
+        metrics=LazyMetrics(metrics),
     )

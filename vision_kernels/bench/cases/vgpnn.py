@@ -8,48 +8,13 @@ Inputs are synthetic moving-shapes videos (:func:`vision_kernels.patchnn.moving_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
-
 import torch
 
-from vision_kernels.bench.harness import Contenders, case
+from vision_kernels.bench.harness import Contenders, KeepLast, LazyMetrics, case
 from vision_kernels.ops import patch_match, patch_nn
 
 FAMILY = "vgpnn"
 PATCH = (3, 7, 7)
-
-
-class _Lazy(Mapping[str, float | str]):
-    """Metrics computed on first read (after the timed runs)."""
-
-    def __init__(self, compute: Callable[[], dict[str, float | str]]) -> None:
-        self._compute = compute
-        self._values: dict[str, float | str] | None = None
-
-    def _get(self) -> dict[str, float | str]:
-        if self._values is None:
-            self._values = self._compute()
-        return self._values
-
-    def __getitem__(self, key: str) -> float | str:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-
-class _Keep:
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.last: Any = None
-
-    def __call__(self) -> Any:
-        self.last = self.fn()
-        return self.last
 
 
 @case(FAMILY, "space-time PatchMatch vs exact search, 8x40x56 video, 3x7x7 patches (quick and full)", repeats=1)
@@ -59,8 +24,8 @@ def patchmatch_recall(quick: bool) -> Contenders:
     source = moving_shapes(8, 40, 56, seed=0)
     # GPNN-like queries: another arrangement of the same content (shapes elsewhere, texture shifted).
     queries = torch.roll(moving_shapes(8, 40, 56, seed=0, shapes=3, speed=3.0), (2, 11, -17), (0, 1, 2)).contiguous()
-    approx = _Keep(lambda: patch_match(queries, source, PATCH, iterations=6, seed=0))
-    exact = _Keep(lambda: patch_nn(queries, source, PATCH))
+    approx = KeepLast(lambda: patch_match(queries, source, PATCH, iterations=6, seed=0))
+    exact = KeepLast(lambda: patch_nn(queries, source, PATCH))
     nq = (8 - 2) * (40 - 6) * (56 - 6)
 
     def metrics() -> dict[str, float | str]:
@@ -77,7 +42,7 @@ def patchmatch_recall(quick: bool) -> Contenders:
     return Contenders(
         ours=approx,
         reference=exact,  # the exact kernel, which PatchMatch approximates (speedup vs ref = exact / PatchMatch)
-        metrics=_Lazy(metrics),  # type: ignore[arg-type]
+        metrics=LazyMetrics(metrics),
     )
 
 
@@ -87,7 +52,7 @@ def generate_full(quick: bool) -> Contenders:
 
     video = moving_shapes(13, 144, 256, seed=0)
     config = video_config(video.shape, progress=False)
-    run = _Keep(lambda: generate_video(video, seed=1, config=config))
+    run = KeepLast(lambda: generate_video(video, seed=1, config=config))
 
     def metrics() -> dict[str, float | str]:
         if run.last is None:
@@ -100,4 +65,4 @@ def generate_full(quick: bool) -> Contenders:
         }
 
     # A minutes-long call: timed once, together with its peak memory.
-    return Contenders(ours=run, metrics=_Lazy(metrics), single_run=("ours",))
+    return Contenders(ours=run, metrics=LazyMetrics(metrics), single_run=("ours",))
