@@ -21,6 +21,7 @@ from vision_kernels.patchnn import (
     retarget_video,
     video_config,
 )
+from vision_kernels.patchnn.search import VIDEO_EXACT_WORK_LIMIT
 from vision_kernels.patchnn.video import LARGE_VIDEO_PATCH, LARGE_VIDEO_VOXELS
 
 from .conftest import PATCH, SHAPE
@@ -168,10 +169,15 @@ def test_frame_difference_motion_marks_the_moving_shapes(video) -> None:
 
 
 def test_auto_search_is_chosen_by_size_and_logged(video, fast, caplog) -> None:
-    assert choose_search((4, 16, 20, 3), (8, 32, 40, 3), (3, 7, 7), log=False) == "exact"
-    assert choose_search((8, 32, 40, 3), (8, 32, 40, 3), (3, 7, 7), log=False) == "patchmatch"
-    assert choose_search((13, 144, 256, 3), (13, 144, 256, 3), (3, 7, 7), log=False) == "patchmatch"
-    assert choose_search((13, 144, 256, 3), (13, 144, 256, 3), (3, 7, 7), query_count=2, log=False) == "exact"
+    video_limit = {"exact_limit": VIDEO_EXACT_WORK_LIMIT, "log": False}
+    assert fast.exact_limit == VIDEO_EXACT_WORK_LIMIT  # VGPNN's default, below the images' limit
+    assert choose_search((4, 16, 20, 3), (8, 32, 40, 3), (3, 7, 7), **video_limit) == "exact"
+    assert choose_search((8, 32, 40, 3), (8, 32, 40, 3), (3, 7, 7), **video_limit) == "patchmatch"
+    assert choose_search((13, 144, 256, 3), (13, 144, 256, 3), (3, 7, 7), **video_limit) == "patchmatch"
+    assert choose_search((13, 144, 256, 3), (13, 144, 256, 3), (3, 7, 7), query_count=2, **video_limit) == "exact"
+    # images (default limit): exact up to ~105 px with alpha, PatchMatch above
+    assert choose_search((1, 105, 105, 3), (1, 105, 105, 3), 7, alpha=0.005, log=False) == "exact"
+    assert choose_search((1, 141, 141, 3), (1, 141, 141, 3), 7, alpha=0.005, log=False) == "patchmatch"
     with caplog.at_level(logging.INFO, logger="vision_kernels.patchnn"):
         retarget_video(video, (8, 32, 40), config=fast.with_(exact_limit=3e7))
     chosen = [r.getMessage() for r in caplog.records if "patch search" in r.getMessage()]

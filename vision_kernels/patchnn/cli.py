@@ -37,7 +37,10 @@ def _add_settings(parser: argparse.ArgumentParser, *, alpha: float | None = 0.00
     group.add_argument("--no-alpha", action="store_true", help="plain nearest neighbours (no normalized score)")
     group.add_argument("--noise", type=float, default=0.75, help="noise std at the coarsest level (generate)")
     group.add_argument(
-        "--search", choices=("exact", "patchmatch", "faiss"), default="exact", help="patch search (default exact)"
+        "--search",
+        choices=("exact", "auto", "patchmatch", "faiss"),
+        default="exact",
+        help="patch search (default exact; auto: exact on small levels, PatchMatch on large ones)",
     )
     group.add_argument("--pm-iterations", type=int, default=6, help="PatchMatch steps per search (default 6)")
     group.add_argument("--reduction", choices=("mean", "gaussian", "median"), default="mean", help="voting")

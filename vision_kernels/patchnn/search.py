@@ -24,16 +24,29 @@ from torch import Tensor
 from ..ops.patch_nn import PatchNNResult, normalize_patch_size, patch_match, patch_nn
 from ..reference.patch_nn import unfold_patches
 
-__all__ = ["SEARCH_METHODS", "EXACT_WORK_LIMIT", "choose_search", "search_patches", "faiss_patch_nn"]
+__all__ = [
+    "SEARCH_METHODS",
+    "EXACT_WORK_LIMIT",
+    "VIDEO_EXACT_WORK_LIMIT",
+    "choose_search",
+    "search_patches",
+    "faiss_patch_nn",
+]
 
 SEARCH_METHODS = ("exact", "patchmatch", "faiss", "auto")
 
-# Brute-force multiply-adds (Nq * Nk * n) up to which method="auto" uses the exact kernel: ~0.3 s per
-# search on a 2-core CPU (the exact kernel ran at ~3e9 multiply-adds/s there). Above it the exact
-# search's quadratic cost dominates a VGPNN level (a 13 x 144 x 256 video's finest level is 6e13), and
-# PatchMatch (linear in the patch counts; recall vs exact: `python benchmarks/run.py --family vgpnn`)
-# is used instead.
-EXACT_WORK_LIMIT = 1e9
+# Brute-force multiply-adds (Nq * Nk * n, doubled with alpha) up to which method="auto" uses the exact
+# kernel. Both searches cost time linear in the number of queries, so the crossover is set by the
+# number of keys: per query the exact kernel spends ~2.5 ns per key (7x7x3 patches with alpha, GEMM
+# screening at ~1.2e11 multiply-adds/s on a 2-core CPU) and PatchMatch ~25 us, equal near 10^4 keys,
+# i.e. 10^4 x 10^4 x 147 x 2 = 3e10 for square levels (images up to ~105 px). On a 250-px GPNN sample
+# this keeps exact search on all but the three finest levels, at no extra time, and the approximate
+# quality loss at ~2-3 % instead of ~6 % with a 1e9 limit (`benchmarks/run.py --family patch_nn`).
+EXACT_WORK_LIMIT = 3e10
+# VGPNN levels (3x7x7 patches): the exact kernel is slower per multiply-add on small space-time grids
+# (2.1e10/s at 8x40x56, where PatchMatch was 2.6x faster at 1.7 % distance loss), so videos switch
+# to PatchMatch earlier.
+VIDEO_EXACT_WORK_LIMIT = 1e9
 
 logger = logging.getLogger("vision_kernels.patchnn")
 

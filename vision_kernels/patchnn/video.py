@@ -36,6 +36,7 @@ from torch import Tensor
 from .apps import inpaint, retarget
 from .gpnn import GPNNConfig, pyramid_plan, synthesize
 from .pyramid import resize
+from .search import VIDEO_EXACT_WORK_LIMIT
 
 __all__ = [
     "VIDEO_PATCH",
@@ -63,7 +64,7 @@ def video_config(shape: Sequence[int] | None = None, **changes: object) -> GPNNC
     ``patch_size`` (3, 7, 7) (``LARGE_VIDEO_PATCH`` when ``T H W > LARGE_VIDEO_VOXELS``),
     ``pyramid_ratio = temporal_ratio = 1 / 0.85``, ``coarsest = 15`` px, ``coarsest_frames = 3``,
     ``iterations = 5`` (1 at the coarsest level), ``alpha = None``, ``noise_std = 2.5`` (per channel),
-    ``search = "auto"``, ``reduction = "median"``; ``changes`` override any of them.
+    ``search = "auto"`` (``exact_limit`` 1e9), ``reduction = "median"``; ``changes`` override any of them.
     """
     patch = VIDEO_PATCH
     if shape is not None and math.prod(int(s) for s in shape[:3]) > LARGE_VIDEO_VOXELS:
@@ -79,6 +80,7 @@ def video_config(shape: Sequence[int] | None = None, **changes: object) -> GPNNC
         alpha=None,
         noise_std=2.5,
         search="auto",
+        exact_limit=VIDEO_EXACT_WORK_LIMIT,
         reduction="median",
     )
     return base.with_(**changes)
