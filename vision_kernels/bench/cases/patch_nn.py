@@ -169,10 +169,11 @@ def gpnn_end_to_end(quick: bool) -> Contenders:
     seeds = GPNN_SEEDS[:2] if quick else GPNN_SEEDS
     image = _image("chelsea", size)
     modes = {name: GPNNConfig(search=name, progress=False) for name in ("exact", "auto", "patchmatch")}
-    runs = {
-        name: KeepLast(lambda config=config: [generate(image, seed=seed, config=config) for seed in seeds])
-        for name, config in modes.items()
-    }
+
+    def samples(config: GPNNConfig) -> Callable[[], list[torch.Tensor]]:
+        return lambda: [generate(image, seed=seed, config=config) for seed in seeds]
+
+    runs = {name: KeepLast(samples(config)) for name, config in modes.items()}
 
     def metrics() -> dict[str, float | str]:
         if any(run.last is None for run in runs.values()):
