@@ -230,7 +230,7 @@ def test_cli_on_image_files(tmp_path: Path, cat, skimage_image) -> None:
     common = ["--iterations", "2", "--quiet"]
     runs = {
         "gen.png": ["generate", str(source), "--seed", "3", "--count", "2"],
-        "ret.png": ["retarget", str(source), "--size", "30", "70"],
+        "ret.png": ["retarget", str(source), "--size", "30", "70", "--search", "auto"],
         "ana.png": ["analogy", str(source), str(other)],
         "inp.png": ["inpaint", str(source), str(mask)],
         "col.png": ["collage", str(source), str(other)],
