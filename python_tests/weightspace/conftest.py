@@ -15,19 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY_UNET = dict(
-    sample_size=8,
-    in_channels=3,
-    out_channels=3,
-    layers_per_block=1,
-    block_out_channels=(8, 16),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=8,
-    attention_head_dim=8,
-    norm_num_groups=8,
-)
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_diffusers() -> None:
@@ -46,11 +33,11 @@ def one_thread() -> Iterator[None]:
 
 
 def make_unet(seed: int = 0, **overrides: object) -> torch.nn.Module:
-    from diffusers import UNet2DConditionModel
+    from vision_kernels.weightspace import tiny_unet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DConditionModel(**{**TINY_UNET, **overrides})
+        return tiny_unet(**overrides)
 
 
 @pytest.fixture(scope="session")

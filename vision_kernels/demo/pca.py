@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
@@ -114,7 +113,7 @@ def _figure(path: Path, data: dict) -> Path:
 
 
 def run(out_dir: Path, quick: bool) -> list[Path]:
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
     from diffusers.utils import logging as diffusers_logging
 
     from ..weightspace import (
@@ -129,6 +128,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         invert,
         read_adapter,
         sample_coefficients,
+        tiny_unet,
         write_adapter,
     )
 
@@ -139,22 +139,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         count = 6 if quick else 12
         pretrain_steps, finetune_steps, invert_steps, draws = (200, 150, 100, 16) if quick else (400, 250, 200, 32)
         torch.manual_seed(0)
-        # cast: diffusers' top-level lazy __init__ types its classes as the torch-less dummy objects
-        unet = cast(
-            torch.nn.Module,
-            UNet2DConditionModel(
-                sample_size=SIZE,
-                in_channels=3,
-                out_channels=3,
-                layers_per_block=1,
-                block_out_channels=(8, 16),
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=8,
-                attention_head_dim=8,
-                norm_num_groups=8,
-            ),
-        )
+        unet = tiny_unet(sample_size=SIZE)
         scheduler = DDPMScheduler(num_train_timesteps=1000)
         prompt = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(3))  # stand-in for "sks person"
 

@@ -40,6 +40,7 @@ from .diffusion import (
     finetune_lora,
     generate_latents,
     invert,
+    tiny_unet,
 )
 from .editing import apply_edit, edit_direction, edit_directions, edit_weights
 from .fit import ColumnStatistics, column_statistics, fit_exact, fit_streaming, principal_angles
@@ -87,4 +88,5 @@ __all__ = [
     "evaluate_denoising_loss",
     "DelayedInjection",
     "generate_latents",
+    "tiny_unet",
 ]

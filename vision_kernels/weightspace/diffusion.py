@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,31 @@ __all__ = [
     "evaluate_denoising_loss",
     "DelayedInjection",
     "generate_latents",
+    "tiny_unet",
 ]
+
+
+def tiny_unet(**overrides: Any) -> torch.nn.Module:
+    """A diffusers ``UNet2DConditionModel`` from a tiny config (8x8 samples, 3 channels, widths 8 and
+    16, one cross-attention block each way on 8-d prompts), with random weights drawn from torch's
+    global generator: the model of the demo and the tests, where no pretrained UNet can be loaded.
+    ``overrides`` replace any config entry (e.g. ``sample_size``)."""
+    from diffusers import UNet2DConditionModel
+
+    config: dict[str, Any] = dict(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    # diffusers' top-level lazy __init__ types its classes as the torch-less dummy objects
+    return cast(torch.nn.Module, UNet2DConditionModel(**{**config, **overrides}))
 
 
 @dataclass
