@@ -24,8 +24,11 @@ def progress_enabled() -> bool:
 def progress(
     iterable: Iterable[T], *, desc: str, total: int | None = None, enabled: bool | None = None, **kwargs: Any
 ) -> Iterator[T]:
-    """``tqdm(iterable)`` when progress is on (``enabled`` overrides the global switch)."""
-    show = _enabled if enabled is None else enabled
+    """``tqdm(iterable)`` when progress is on (``enabled`` overrides the global switch).
+
+    Under torch.distributed (torchrun sets RANK) only rank 0 shows bars by default.
+    """
+    show = (_enabled and os.environ.get("RANK", "0") == "0") if enabled is None else enabled
     if not show:
         yield from iterable
         return
