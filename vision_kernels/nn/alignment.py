@@ -1,7 +1,7 @@
 """The misalignment claim of Shocher et al. (2020), measured.
 
 A 3x3 / stride 2 / padding 1 convolution centres output ``k`` on input ``2k``, while the centred grid of a 2x
-downscale (DESIGN.md 2.4: ``x(k) = k / s + (n_in - 1) / 2 - (n_out - 1) / (2 s)`` = ``2k + 1/2``) puts it at
+downscale (docs/DESIGN.md 2.4: ``x(k) = k / s + (n_in - 1) / 2 - (n_out - 1) / (2 s)`` = ``2k + 1/2``) puts it at
 ``2k + 1/2``: content drifts by half an input pixel per downscaling layer, ``(2^L - 1) / 2`` original pixels
 after ``L`` layers. A CC layer resamples on the centred grid and does not drift.
 :func:`downscale_drift` downscales a symmetric blob centred on the image centre through both stacks and
@@ -16,10 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..reference.cc_conv import strided_shift
 from .cc_conv import CCConv2d, InterpolationFilter
 
 __all__ = ["DriftResult", "centred_blob", "centroid", "downscale_drift"]
+
+
+def strided_shift(layers: int) -> float:
+    """Shift, in input pixels, of a stack of ``layers`` 3x3 / stride 2 / padding 1 convolutions:
+    ``(2**layers - 1) / 2`` (output k of such a layer is centred on input 2k, the centred grid of a 2x
+    downscale puts it at 2k + 1/2, so layer l moves content by ``2**l / 2`` original pixels)."""
+    return (2.0**layers - 1) / 2
 
 
 def centred_blob(size: int, sigma: float = 4.0) -> Tensor:

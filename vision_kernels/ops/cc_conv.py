@@ -1,4 +1,4 @@
-"""Continuous convolution at any output scale: ``cc_conv2d`` (DESIGN.md 2.4, Shocher et al. 2020).
+"""Continuous convolution at any output scale: ``cc_conv2d`` (docs/DESIGN.md 2.4, Shocher et al. 2020).
 
 Output pixel ``(i, j)`` sits at ``(y(i), x(j))`` on the input grid, with per axis (input size ``n_in``,
 output size ``n_out``, scale ``s``)::

@@ -1,4 +1,4 @@
-"""The centered sampling grid of continuous convolution (DESIGN.md 2.4) and the index plans its kernels run on.
+"""The centered sampling grid of continuous convolution (docs/DESIGN.md 2.4) and the index plans its kernels run on.
 
 Grid, per axis, for an input of ``n_in`` pixels, an output of ``n_out`` pixels and a scale ``s > 0``
 (pixel centres at integer coordinates; the output grid is centred on the input grid)::

@@ -12,7 +12,7 @@ accumulation, or float32 / float64; ``w`` may also be in the accumulation dtype 
 basis. mean and std are used in the accumulation dtype. Coefficients come back in the
 accumulation dtype; reconstructed weights in ``out_dtype`` (default: the basis dtype).
 
-Where the work goes (a deliberate split, DESIGN.md section 1):
+Where the work goes (a deliberate split, docs/DESIGN.md section 1):
 
 * Small batches (B <= 16, e.g. one model per step of an inversion): fused C++/CUDA kernels read
   the basis once in its storage dtype, standardize ``w`` on the fly (project) or apply

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..ops.patch_nn import PatchNNResult, normalize_patch_size, patch_match, patch_nn
-from ..reference.patch_nn import unfold_patches
+from .patches import unfold_patches
 
 __all__ = [
     "SEARCH_METHODS",

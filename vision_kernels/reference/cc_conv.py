@@ -1,4 +1,4 @@
-"""Plain-PyTorch ground truth for vision_kernels.ops.cc_conv (unfold-based, DESIGN.md 2.4).
+"""Plain-PyTorch ground truth for vision_kernels.ops.cc_conv (unfold-based, docs/DESIGN.md 2.4).
 
 The grid is recomputed here from its equation (not taken from the op's plan code), the border rule
 is applied by padding the input (``F.pad`` with zeros or edge replication), every window is cut out

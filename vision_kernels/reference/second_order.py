@@ -17,14 +17,11 @@ Two references:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from ..clip.capture import Capture
-    from ..clip.towers import VisionTower
+from .clip_forward import ForwardRecord, forward_record
 
 
 def _accumulation(dtype: torch.dtype) -> torch.dtype:
@@ -61,14 +58,6 @@ def second_order_effects(
     return out.to(out_dtype or attn.dtype)
 
 
-def _affine(norm: torch.nn.Module, width: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    weight = getattr(norm, "weight", None)
-    bias = getattr(norm, "bias", None)
-    gamma = weight.to(like.dtype) if weight is not None else like.new_ones(width)
-    beta = bias.to(like.dtype) if bias is not None else like.new_zeros(width)
-    return gamma, beta
-
-
 @torch.no_grad()
 def direct_second_order_effects(
     model: torch.nn.Module,
@@ -85,7 +74,7 @@ def direct_second_order_effects(
     For neuron ``n`` writing ``m[t] = act[t, n] * ls_2 * W_out[:, n]`` at token ``t``, and each later layer ``l``:
 
     * ``per_term``: ``y[t] = gamma_1 * (m[t] - mean(m[t])) / std_1[l, t]``; the head outputs
-      ``x = project(sum_t A[l, :, 0, t] value(y[t]))`` without biases; the effect adds
+      ``x = ls_1 * W_O (sum_t A[l, :, 0, t] W_V y[t])`` without biases; the effect adds
       ``gamma_f * (x - mean(x)) / std_f @ proj``.
     * ``even_split`` (the original code): ``m[t]`` also carries ``ls_2 * b_out / Nt`` (Nt = neurons of the
       layer); ``y[t] = gamma_1 * (m[t] - mean_1[l, t] / S1) / std_1[l, t] + beta_1 / S1`` with
@@ -94,34 +83,32 @@ def direct_second_order_effects(
 
     With ``normalize`` the effects are divided by ``|z|`` (the original code also multiplies them by 100).
     Memory: ``N x Nn x W`` values per image and layer (the original code's ``[b, tokens, neurons, width]``).
+    The forward pass is :func:`vision_kernels.reference.clip_forward.forward_record` (the model libraries'
+    own modules), so this shares no code with ``vision_kernels.clip``.
     """
-    from ..clip.capture import capture
-    from ..clip.towers import as_vision_tower
-
-    tower = as_vision_tower(model)
-    cap = capture(tower, images.to(tower.dtype), keep_neurons=[layer])
-    later = list(range(layer + 1, tower.num_layers)) if later_layers is None else list(later_layers)
-    source = tower.blocks[layer]
-    total_neurons = source.mlp_width()
+    dtype = next(model.parameters()).dtype
+    record = forward_record(model, images.to(dtype), keep_hidden={layer})
+    num_layers = len(record.blocks)
+    later = list(range(layer + 1, num_layers)) if later_layers is None else list(later_layers)
+    source = record.blocks[layer]
+    total_neurons = source.mlp_out_weight.shape[1]
     index = torch.arange(total_neurons) if neurons is None else torch.tensor(list(neurons), dtype=torch.long)
     index = index.to(images.device)
-    act = cap.layer_neurons(layer)[..., index]  # [B, N, Nn]
-    writes = source.mlp_out_weight()[:, index].T.to(act.dtype)  # [Nn, W]
-    bias_out = source.mlp_out_bias()
-    bias_out = torch.zeros_like(writes[0]) if bias_out is None else bias_out.to(act.dtype)
-    gamma_2 = source.ls_2()
-    if gamma_2 is not None:
-        writes = writes * gamma_2
-        bias_out = bias_out * gamma_2
+    act = record.hidden[layer][..., index]  # [B, N, Nn]
+    writes = source.mlp_out_weight[:, index].T.to(act.dtype)  # [Nn, W]
+    bias_out = source.mlp_out_bias.to(act.dtype)
+    if source.ls_2 is not None:
+        writes = writes * source.ls_2
+        bias_out = bias_out * source.ls_2
     effects = []
     for b in range(act.shape[0]):
         m = act[b][:, :, None] * writes[None]  # [N, Nn, W]: the neurons' writes at every token
         if convention == "even_split":
             m = m + bias_out / total_neurons
-        effects.append(_through_later_heads(tower, cap, b, m, later, convention, total_neurons))
+        effects.append(_through_later_heads(record, b, m, later, convention, total_neurons))
     out = torch.stack(effects)
     if normalize:
-        out = out / cap.output.norm(dim=-1).clamp_min(1e-12)[:, None, None]
+        out = out / record.output.norm(dim=-1).clamp_min(1e-12)[:, None, None]
     return out
 
 
@@ -130,51 +117,45 @@ def direct_write_effects(model: torch.nn.Module, images: Tensor, writes: Tensor,
     """Per-term second-order effects ``[B, K, E]`` of arbitrary residual-stream writes ``[B, N, K, W]`` (K writes
     per token), through the heads of ``later_layers`` (not normalized): the same pipeline as
     :func:`direct_second_order_effects` for writes that are not single neurons (e.g. a whole MLP's output)."""
-    from ..clip.capture import capture
-    from ..clip.towers import as_vision_tower
-
-    tower = as_vision_tower(model)
-    cap = capture(tower, images.to(tower.dtype))
+    dtype = next(model.parameters()).dtype
+    record = forward_record(model, images.to(dtype))
     total = writes.shape[2]
     return torch.stack(
-        [
-            _through_later_heads(tower, cap, b, writes[b], list(later_layers), "per_term", total)
-            for b in range(len(writes))
-        ]
+        [_through_later_heads(record, b, writes[b], list(later_layers), "per_term", total) for b in range(len(writes))]
     )
 
 
 def _through_later_heads(
-    tower: VisionTower, cap: Capture, b: int, m: Tensor, later: list[int], convention: str, total_neurons: int
+    record: ForwardRecord, b: int, m: Tensor, later: list[int], convention: str, total_neurons: int
 ) -> Tensor:
     """Effects ``[K, E]`` of writes ``m [N, K, W]`` of image ``b`` through the heads of the ``later`` layers."""
-    final = tower.final_norm()
     tokens, width = m.shape[0], m.shape[2]
-    out = m.new_zeros((m.shape[1], final.proj.shape[1]))
+    num_layers = len(record.blocks)
+    out = m.new_zeros((m.shape[1], record.proj.shape[1]))
     for target in later:
-        block = tower.blocks[target]
-        gamma_1, beta_1 = _affine(block.norm_1, width, m)
-        std = cap.ln1_std[b, target][:, None, None]  # [N, 1, 1]
+        block = record.blocks[target]
+        heads, head_dim = block.heads, width // block.heads
+        std = record.ln1_std[b, target][:, None, None]  # [N, 1, 1]
         shares = (1 + 2 * target) * total_neurons
         if convention == "per_term":
-            y = gamma_1 * (m - m.mean(-1, keepdim=True)) / std
+            y = block.ln1_weight * (m - m.mean(-1, keepdim=True)) / std
         else:
-            y = gamma_1 * (m - cap.ln1_mean[b, target][:, None, None] / shares) / std + beta_1 / shares
-        _, _, v = block.qkv(y.reshape(1, -1, width))  # [1, H, N * K, Dh]
-        _, _, v_bias = block.qkv(y.new_zeros((1, 1, width)))  # [1, H, 1, Dh]: the value bias
-        v = v - v_bias
+            y = block.ln1_weight * (m - record.ln1_mean[b, target][:, None, None] / shares) / std
+            y = y + block.ln1_bias / shares
+        v = y @ block.value_weight.T  # [N, K, W]: values without their bias
         if convention == "even_split":
-            v = v + v_bias / shares
-        v = v.reshape(v.shape[1], tokens, -1, v.shape[-1])  # [H, N, K, Dh]
-        heads_out = torch.einsum("ht,htnd->hnd", cap.attention[b, target].to(m.dtype), v)  # [H, K, Dh]
-        projected = block.project(heads_out[None])[0]  # [K, W]: sum over heads, with out-projection bias
-        bias_o = block.project(torch.zeros_like(heads_out[None, :, :1]))[0, 0]  # [W]
-        x = projected - bias_o
+            v = v + block.value_bias / shares
+        v = v.reshape(tokens, -1, heads, head_dim)  # [N, K, H, Dh]
+        heads_out = torch.einsum("ht,tkhd->khd", record.attention[b, target].to(m.dtype), v)  # [K, H, Dh]
+        x = heads_out.reshape(-1, width) @ block.out_weight.T  # [K, W]: summed over heads, no bias
+        if convention == "even_split":
+            x = x + block.out_bias / shares
+        if block.ls_1 is not None:
+            x = x * block.ls_1
         if convention == "per_term":
-            out += ((x - x.mean(-1, keepdim=True)) * final.weight / cap.final_std[b]) @ final.proj
+            out += ((x - x.mean(-1, keepdim=True)) * record.final_weight / record.final_std[b]) @ record.proj
         else:
-            x = x + bias_o / shares
-            final_shares = (1 + 2 * target) * (1 + 2 * tower.num_layers) * total_neurons
-            centred = (x - cap.final_mean[b] / final_shares) * final.weight / cap.final_std[b]
-            out += (centred + final.bias / final_shares) @ final.proj
+            final_shares = (1 + 2 * target) * (1 + 2 * num_layers) * total_neurons
+            centred = (x - record.final_mean[b] / final_shares) * record.final_weight / record.final_std[b]
+            out += (centred + record.final_bias / final_shares) @ record.proj
     return out
