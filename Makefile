@@ -26,6 +26,10 @@ WHEEL_PLAT ?= manylinux_2_34_x86_64
 WHEEL_EXCLUDE ?= libgomp.so.1 libcuda.so.1
 OLDEST_TORCH ?= $(shell sed -n 's/^ *"torch>=\([0-9.]*\)",*$$/\1/p' pyproject.toml)
 SMOKE_VENV ?= build/venv-oldest-torch
+# Old torch exists on PyPI only as the CUDA build (~0.8 GB, plus ~2.5 GB of nvidia-*-cu12 wheels
+# that `import torch` needs); pip keeps no cache here, so they are kept in a wheelhouse outside
+# the checkout and downloaded once per machine.
+TORCH_WHEELHOUSE ?= $(HOME)/.cache/vision-kernels/wheelhouse-torch-$(OLDEST_TORCH)
 # Tests that need only the base install (no extras): the core ops, build and packaging checks,
 # run folders with 2 gloo ranks.
 SMOKE_TESTS ?= test_build.py test_packaging.py test_distance.py runs
@@ -92,7 +96,8 @@ oldest-torch: wheel
 	rm -rf $(SMOKE_VENV)
 	$(PYTHON) -m venv $(SMOKE_VENV)
 	$(SMOKE_VENV)/bin/pip install --upgrade pip
-	$(SMOKE_VENV)/bin/pip install "torch==$(OLDEST_TORCH).*"
+	$(SMOKE_VENV)/bin/pip download --dest $(TORCH_WHEELHOUSE) "torch==$(OLDEST_TORCH).*"
+	$(SMOKE_VENV)/bin/pip install --no-index --find-links $(TORCH_WHEELHOUSE) "torch==$(OLDEST_TORCH).*"
 	$(SMOKE_VENV)/bin/pip install "$$(ls dist/vision_kernels-*.whl)[smoke]"
 	$(SMOKE_VENV)/bin/python -c "import torch, vision_kernels; print('torch', torch.__version__, vision_kernels.build_info())"
 	cd python_tests && VK_RELEASE_WHEEL="$$(ls $(abspath dist)/vision_kernels-*.whl)" VK_OLDEST_TORCH=$(OLDEST_TORCH) \
