@@ -16,10 +16,10 @@ Example::
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 import torch
 
@@ -51,15 +51,15 @@ class ArgCheck:
     def __init__(self, function: str) -> None:
         self.function = function
 
-    def fail(self, name: str, message: str, error: type[Exception] = ValueError) -> None:
+    def fail(self, name: str, message: str, error: type[Exception] = ValueError) -> NoReturn:
         raise error(f"{self.function}: argument '{name}' {message}")
 
     def tensor(self, value: object, name: str) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
             self.fail(
                 name,
-                "must be a torch.Tensor, numpy.ndarray or cupy.ndarray (or an object implementing __dlpack__), "
-                f"got {type(value).__name__}",
+                f"must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got {type(value).__name__} "
+                "(any object implementing __dlpack__ is accepted too)",
                 TypeError,
             )
         assert isinstance(value, torch.Tensor)
@@ -148,8 +148,8 @@ class ArgCheck:
         """A sequence of ints (see :meth:`integer`), e.g. layer indices: ``[1.7]`` is a TypeError, not ``[1]``."""
         if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
             self.fail(name, f"must be a sequence of ints, got {type(values).__name__} {values!r}", TypeError)
-        result = []
-        for position, value in enumerate(values):  # type: ignore[arg-type]
+        result: list[int] = []
+        for position, value in enumerate(values):
             if not is_integer(value):
                 self.fail(name, f"must hold ints, got {_kind(value)} {value!r} at position {position}", TypeError)
             result.append(operator.index(value))
@@ -161,8 +161,9 @@ class ArgCheck:
         ``name`` is the argument that determines the size (e.g. ``'scale'``). The limit is the device's
         total memory (physical RAM on the CPU); a 43 TiB request becomes one line with the shape.
         """
-        elements = math.prod(int(s) for s in shape)
-        size = elements * _itemsize(dtype)
+        size = dtype.itemsize
+        for extent in shape:  # a plain loop: torch.compile traces this in public wrappers
+            size *= int(extent)
         limit = device_memory(device)
         if limit is not None and size > limit:
             self.fail(
@@ -230,17 +231,20 @@ def flatten_tensors(named: Iterable[tuple[str, object]]) -> list[tuple[str, torc
     return found
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+_CPU_MEMORY = _physical_memory()  # read once: torch.compile traces the checks that use it
 
 
 def device_memory(device: torch.device) -> int | None:
     """Total memory of ``device`` in bytes (physical RAM for the CPU), None when unknown (meta, ...)."""
     if device.type == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return None
+        return _CPU_MEMORY
     if device.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(device).total_memory)
     return None

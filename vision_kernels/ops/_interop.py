@@ -61,8 +61,8 @@ def to_tensor(value: Any, function: str, name: str) -> torch.Tensor:
                 f"({type(value).__name__}: {error})"
             ) from error
     raise TypeError(
-        f"{function}: argument '{name}' must be a torch.Tensor, numpy.ndarray or cupy.ndarray (or an object "
-        f"implementing __dlpack__), got {type(value).__name__}"
+        f"{function}: argument '{name}' must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got "
+        f"{type(value).__name__} (any object implementing __dlpack__ is accepted too)"
     )
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from ._checks import ArgCheck, is_integer
 
@@ -342,13 +343,16 @@ def _sorted_plan(taps: np.ndarray, group: np.ndarray, groups: int, pairs: np.nda
     offsets = np.zeros(groups + 1, dtype=np.int64)
     np.cumsum(np.bincount(group, minlength=groups), out=offsets[1:])
     as_tensor = functools.partial(torch.tensor, dtype=torch.int64)
-    return AxisPlan(
-        taps=as_tensor(taps.reshape(len(group), -1)),
-        group=as_tensor(group),
-        order=as_tensor(order),
-        offsets=as_tensor(offsets),
-        pairs=None if pairs is None else as_tensor(pairs),
-    )
+    # Plans are cached constants: build real tensors even when a fake kernel (torch.compile's
+    # FakeTensorMode) asks first, or the cache would hand fake tensors to the real kernel later.
+    with unset_fake_temporarily():
+        return AxisPlan(
+            taps=as_tensor(taps.reshape(len(group), -1)),
+            group=as_tensor(group),
+            order=as_tensor(order),
+            offsets=as_tensor(offsets),
+            pairs=None if pairs is None else as_tensor(pairs),
+        )
 
 
 def _border(index: np.ndarray, n_in: int, padding_mode: str) -> np.ndarray:
