@@ -58,10 +58,16 @@ def public_name(op: Any) -> str:
     return qualified_name(op).replace("::", ".")
 
 
-def argument_names(op: Any) -> list[str]:
+def argument_names(op: Any) -> tuple[str, ...]:
     """The op's argument names, in schema order."""
-    packet = getattr(torch.ops.vision_kernels, qualified_name(op).split("::")[1])
-    return [argument.name for argument in packet.default._schema.arguments]
+    return _schema_names(qualified_name(op))
+
+
+@functools.cache
+def _schema_names(name: str) -> tuple[str, ...]:
+    namespace, op_name = name.split("::")
+    packet = getattr(getattr(torch.ops, namespace), op_name)
+    return tuple(argument.name for argument in packet.default._schema.arguments)
 
 
 def check_devices(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], device_type: str | None = None) -> None:
