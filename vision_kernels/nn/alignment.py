@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..reference.cc_conv import strided_shift
 from .cc_conv import CCConv2d, InterpolationFilter
 
 __all__ = ["DriftResult", "centred_blob", "centroid", "downscale_drift"]
@@ -69,4 +68,5 @@ def downscale_drift(layers: int = 3, size: int = 64, sigma: float = 4.0) -> Drif
         row, col = centroid(t)
         return (row - centre) * factor, (col - centre) * factor
 
-    return DriftResult(image, strided, centred, shift(strided), shift(centred), strided_shift(layers))
+    predicted = (2**layers - 1) / 2  # half an input pixel per layer: 2**l / 2 original pixels at layer l
+    return DriftResult(image, strided, centred, shift(strided), shift(centred), predicted)
