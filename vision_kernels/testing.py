@@ -7,6 +7,8 @@
   float64 ground truth is at most ``factor`` times the error of the plain-PyTorch reference run
   in the same low precision (as flash-attention's tests do), plus a small absolute floor.
 * :func:`tolerances` gives the fp32/fp64 tolerances used across the test-suite.
+* :func:`each_tensor_moved` and :class:`DLPackProducer` build bad-input cases: every tensor argument in
+  turn on another device (the meta device by default), and a foreign array exposing only DLPack.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import torch
 
 from . import _native
 
-__all__ = ["emulated", "emulation_available", "tolerances", "assert_low_precision_parity", "max_abs_error"]
+__all__ = [
+    "emulated",
+    "emulation_available",
+    "tolerances",
+    "assert_low_precision_parity",
+    "max_abs_error",
+    "each_tensor_moved",
+    "DLPackProducer",
+]
 
 
 def emulation_available() -> bool:
@@ -83,3 +93,33 @@ def assert_low_precision_parity(
             f"{what}: kernel error {ours:.3e} exceeds {factor} x the reference's own "
             f"low-precision error {theirs:.3e} (+ {atol:.1e})"
         )
+
+
+def each_tensor_moved(arguments: dict[str, Any], device: str = "meta") -> list[tuple[str, dict[str, Any]]]:
+    """``(name, arguments')`` for every tensor argument, ``arguments'`` having that one tensor on ``device``.
+
+    For the rule that every op checks the device of EVERY tensor argument (masks, optional tensors):
+    ``for name, moved in each_tensor_moved(kwargs): with pytest.raises(ValueError, match=name): op(**moved)``.
+    """
+    cases = []
+    for name, value in arguments.items():
+        if isinstance(value, torch.Tensor):
+            cases.append((name, {**arguments, name: value.to(device)}))
+    return cases
+
+
+class DLPackProducer:
+    """A minimal foreign array: it exposes only the DLPack protocol of the array it wraps.
+
+    Stands for JAX arrays and other libraries' tensors in tests of ``accepts_arrays`` (ops take any
+    DLPack producer through ``torch.from_dlpack``).
+    """
+
+    def __init__(self, array: Any) -> None:
+        self._array = array
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self._array.__dlpack_device__()

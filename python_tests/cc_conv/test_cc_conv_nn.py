@@ -197,7 +197,7 @@ def test_bad_input() -> None:
         layer(x, scale=0.25)
     with pytest.raises(ValueError, match=r"argument 'filter_scale' must be > 0"):
         layer(x, filter_scale=0.0)
-    with pytest.raises(ValueError, match=r"argument 'support' must be an int >= 1 or a pair of them, got 0"):
+    with pytest.raises(ValueError, match=r"argument 'support' must be >= 1, got 0"):
         CCConv2d(3, 4, 0)
     with pytest.raises(ValueError, match=r"argument 'padding_mode' must be one of"):
         CCConv2d(3, 4, 3, padding_mode="circular")

@@ -421,7 +421,7 @@ def test_bad_out_dtype_and_argument_types() -> None:
 
 def test_mixed_devices() -> None:
     w, mean, std, basis = _good()
-    with pytest.raises(ValueError, match=r"arguments 'basis' and 'w' must be on the same device, got meta and cpu"):
+    with pytest.raises(ValueError, match=r"arguments 'w' and 'basis' must be on the same device, got cpu and meta"):
         pca_project(w, mean, std, basis.to("meta"))
 
 

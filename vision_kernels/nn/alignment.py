@@ -75,4 +75,5 @@ def downscale_drift(layers: int = 3, size: int = 64, sigma: float = 4.0) -> Drif
         row, col = centroid(t)
         return (row - centre) * factor, (col - centre) * factor
 
-    return DriftResult(image, strided, centred, shift(strided), shift(centred), strided_shift(layers))
+    predicted = (2**layers - 1) / 2  # half an input pixel per layer: 2**l / 2 original pixels at layer l
+    return DriftResult(image, strided, centred, shift(strided), shift(centred), predicted)

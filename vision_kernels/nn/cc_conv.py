@@ -22,19 +22,35 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..ops._checks import FLOATING, ArgCheck
 from ..ops.cc_conv import cc_conv2d
-from ..ops.cc_conv_grid import PADDING_MODES, CCGrid, cc_conv2d_grid
+from ..ops.cc_conv_grid import PADDING_MODES, CCGrid, cc_conv2d_grid, int_pair, resolve_output
 
 __all__ = ["FourierFeatures", "ContinuousFilter", "InterpolationFilter", "CCConv2d", "cubic"]
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise ValueError(
-            f"vision_kernels.nn.CCConv2d: argument '{name}' must be an int >= 1 or a pair of them, got {value!r}"
-        )
-    return int(pair[0]), int(pair[1])
+LAYER = "vision_kernels.nn.CCConv2d"
+
+
+def _channels(value: object, name: str, function: str) -> int:
+    return ArgCheck(function).integer(value, name, minimum=1)
+
+
+def _hidden(value: object, function: str) -> tuple[int, ...]:
+    widths = ArgCheck(function).integers(value, "hidden")
+    if any(w < 1 for w in widths):
+        ArgCheck(function).fail("hidden", f"must hold layer widths >= 1, got {list(widths)}")
+    return tuple(widths)
+
+
+def _positive_number(value: object, name: str, function: str, allow_zero: bool = False) -> float:
+    check = ArgCheck(function)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        check.fail(name, f"must be a number, got {type(value).__name__} {value!r}", TypeError)
+    number = float(value)  # type: ignore[arg-type]
+    if not (math.isfinite(number) and (number >= 0 if allow_zero else number > 0)):
+        check.fail(name, f"must be finite and {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return number
 
 
 class FourierFeatures(nn.Module):
@@ -48,7 +64,11 @@ class FourierFeatures(nn.Module):
 
     def __init__(self, in_features: int = 2, features: int = 16, sigma: float = 1.0, *, seed: int = 0) -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
+        function = "vision_kernels.nn.FourierFeatures"
+        in_features = _channels(in_features, "in_features", function)
+        features = _channels(features, "features", function)
+        sigma = _positive_number(sigma, "sigma", function, allow_zero=True)
+        generator = torch.Generator().manual_seed(ArgCheck(function).integer(seed, "seed"))
         self.register_buffer("frequencies", torch.randn(in_features, features, generator=generator) * sigma)
 
     @property
@@ -92,6 +112,13 @@ class ContinuousFilter(nn.Module):
         fourier_sigma: float = 1.0,
     ) -> None:
         super().__init__()
+        function = "vision_kernels.nn.ContinuousFilter"
+        in_channels = _channels(in_channels, "in_channels", function)
+        out_channels = _channels(out_channels, "out_channels", function)
+        support = int_pair(support, "support", function)
+        hidden = _hidden(hidden, function)
+        fourier_features = ArgCheck(function).integer(fourier_features, "fourier_features", 0)
+        fourier_sigma = _positive_number(fourier_sigma, "fourier_sigma", function, allow_zero=True)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.register_buffer("half_support", torch.tensor([support[0] / 2, support[1] / 2]))
         self.fourier = FourierFeatures(2, fourier_features, fourier_sigma) if fourier_features > 0 else None
@@ -149,6 +176,9 @@ class InterpolationFilter(nn.Module):
 
     def __init__(self, channels: int, support: tuple[int, int], *, learned: bool = True, **mlp: object) -> None:
         super().__init__()
+        function = "vision_kernels.nn.InterpolationFilter"
+        channels = _channels(channels, "channels", function)
+        support = int_pair(support, "support", function)
         self.channels = channels
         self.correction = ContinuousFilter(channels, channels, support, **mlp) if learned else None  # type: ignore[arg-type]
         if self.correction is not None:
@@ -194,6 +224,13 @@ class CCConv2d(nn.Module):
         filter: any module mapping ``(offsets [Py, Px, Kh, Kw, 2], scale (sy, sx))`` to
             ``[Py, Px, Kh, Kw, O, C]`` weights, instead of the default MLP (e.g. :class:`InterpolationFilter`
             or an analytic kernel).
+        check_finite: NaN or Inf in the input (or in the filter's weights or the bias) raises ValueError,
+            as for every op (:func:`vision_kernels.ops.cc_conv2d`); ``False`` skips that extra pass over
+            the input (then NaN propagates to the affected outputs).
+
+    Dtypes: the filter runs in the dtype of its own parameters (float32 by default, whatever the input),
+    and its taps and the bias are cast to the input's dtype: float32, float64, float16 and bfloat16
+    inputs all work (``layer.double()`` evaluates the filter in float64 too).
 
     Cost: ``Py * Px * Kh * Kw`` filter evaluations of ``O * C`` outputs each per call; ``Py`` is the numerator
     ``p`` of the scale ``p / q`` in lowest terms (3 at 1.5, 7 at 0.7, 27 at 2.7), at most the output size.
@@ -211,16 +248,21 @@ class CCConv2d(nn.Module):
         fourier_features: int = 0,
         fourier_sigma: float = 1.0,
         filter: nn.Module | None = None,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(
-                "vision_kernels.nn.CCConv2d: argument 'padding_mode' must be one of "
-                f"{PADDING_MODES}, got {padding_mode!r}"
-            )
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.support = _pair(support, "support")
+        check = ArgCheck(LAYER)
+        self.in_channels = _channels(in_channels, "in_channels", LAYER)
+        self.out_channels = _channels(out_channels, "out_channels", LAYER)
+        self.support = int_pair(support, "support", LAYER)
+        check.choice(padding_mode, "padding_mode", PADDING_MODES)
+        for flag, name in ((bias, "bias"), (check_finite, "check_finite")):
+            if not isinstance(flag, bool):
+                check.fail(name, f"must be a bool, got {type(flag).__name__} {flag!r}", TypeError)
+        if filter is not None and not isinstance(filter, nn.Module):
+            check.fail("filter", f"must be an nn.Module or None, got {type(filter).__name__}", TypeError)
         self.padding_mode = padding_mode
+        self.check_finite = check_finite
         self.filter = (
             filter
             if filter is not None
@@ -276,12 +318,23 @@ class CCConv2d(nn.Module):
         ``filter_scale`` conditions the filter on another scale than the grid's, e.g. a refinement layer at
         scale 1 told the scale its network is resizing by (default: the grid's scale).
         """
+        check = ArgCheck(LAYER)
+        check.tensor(x, "x")
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"vision_kernels.nn.CCConv2d: argument 'x' must have shape [B, {self.in_channels}, H, W], "
-                f"got {list(x.shape)}"
-            )
-        grid = self.grid((int(x.shape[2]), int(x.shape[3])), size=size, scale=scale)
+            check.fail("x", f"must have shape [B, {self.in_channels}, H, W], got {list(x.shape)}")
+        check.floating(x, "x")
+        if min(x.shape[2], x.shape[3]) < 1:
+            check.fail("x", f"must have H >= 1 and W >= 1, got shape {list(x.shape)}")
+        for name, tensor in self.named_parameters():
+            if tensor.device != x.device:
+                check.fail("x", f"must be on the layer's device ({tensor.device}, parameter '{name}'), got {x.device}")
+        in_size = (int(x.shape[2]), int(x.shape[3]))
+        resolve_output(in_size, size, scale, function=LAYER)  # bad or huge sizes/scales, named for this layer
+        grid = self.grid(in_size, size=size, scale=scale)
+        check.allocation((x.shape[0], self.out_channels, *grid.out_size), x.dtype, x.device, "scale")
+        py, px = grid.phases
+        weight_shape = (py, px, self.out_channels, self.in_channels, *self.support)
+        check.allocation(weight_shape, x.dtype, x.device, "scale")
         conditioning = None
         if filter_scale is not None:
             conditioning = (
@@ -293,14 +346,28 @@ class CCConv2d(nn.Module):
                 raise ValueError(
                     f"vision_kernels.nn.CCConv2d: argument 'filter_scale' must be > 0, got {filter_scale!r}"
                 )
-        weight = self.weights(grid, dtype=x.dtype, device=x.device, filter_scale=conditioning)
+        filter_dtype = self._filter_dtype(x.dtype)
+        weight = self.weights(grid, dtype=filter_dtype, device=x.device, filter_scale=conditioning).to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return cc_conv2d(
-            x, weight, bias, size=grid.out_size, scale=grid.scale, padding_mode=self.padding_mode, check_finite=False
+            x,
+            weight,
+            bias,
+            size=grid.out_size,
+            scale=grid.scale,
+            padding_mode=self.padding_mode,
+            check_finite=self.check_finite,
         )
+
+    def _filter_dtype(self, fallback: torch.dtype) -> torch.dtype:
+        """The dtype of the filter's first floating parameter or buffer (``fallback`` if it has none)."""
+        for tensor in (*self.filter.parameters(), *self.filter.buffers()):
+            if tensor.dtype in FLOATING:
+                return tensor.dtype
+        return fallback
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, support={self.support}, bias={self.bias is not None}, "
-            f"padding_mode={self.padding_mode!r}"
+            f"padding_mode={self.padding_mode!r}" + ("" if self.check_finite else ", check_finite=False")
         )

@@ -3,7 +3,10 @@
 Every op has a CPU kernel and a CUDA kernel (both in the compiled core), a fake kernel for
 shape propagation (``torch.compile``, meta tensors), autograd where a gradient makes sense,
 checks that name the bad argument, and a plain-PyTorch twin in ``vision_kernels.reference``.
-Public functions accept torch tensors, and numpy (CPU) or cupy (GPU) arrays through DLPack.
+Public functions accept torch tensors, numpy (CPU) and cupy (GPU) arrays (results of the same
+kind), and any other DLPack producer such as JAX arrays (through ``torch.from_dlpack``; results are
+torch tensors). Every tensor argument, masks and optional tensors included, must be on the device of
+the others: a mix is a ValueError naming both arguments (see ``ops/_registry.py``).
 """
 
 from .attention_decomp import attention_decomposition

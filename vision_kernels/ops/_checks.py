@@ -16,7 +16,10 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+import os
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 import torch
 
@@ -48,13 +51,16 @@ class ArgCheck:
     def __init__(self, function: str) -> None:
         self.function = function
 
-    def fail(self, name: str, message: str, error: type[Exception] = ValueError) -> None:
+    def fail(self, name: str, message: str, error: type[Exception] = ValueError) -> NoReturn:
         raise error(f"{self.function}: argument '{name}' {message}")
 
     def tensor(self, value: object, name: str) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
             self.fail(
-                name, f"must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got {type(value).__name__}", TypeError
+                name,
+                f"must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got {type(value).__name__} "
+                "(any object implementing __dlpack__ is accepted too)",
+                TypeError,
             )
         assert isinstance(value, torch.Tensor)
         return value
@@ -108,6 +114,64 @@ class ArgCheck:
                 f"got {a.device} and {b.device}"
             )
 
+    def same_devices(self, named: Iterable[tuple[str, object]], device_type: str | None = None) -> None:
+        """Every tensor among ``named`` (``None`` skipped, lists of tensors entered) on one device.
+
+        The first tensor is the anchor; ``device_type`` (``"cpu"``, ``"cuda"``) additionally requires
+        the anchor to be on that kind of device. Used for EVERY tensor argument of every op (masks and
+        optional tensors included) by the kernel registrations in ``ops/_registry.py``, so a mask on
+        the meta device or on another GPU is refused before any pointer is read.
+        """
+        tensors = flatten_tensors(named)
+        if not tensors:
+            return
+        anchor_name, anchor = tensors[0]
+        for name, value in tensors[1:]:
+            if value.device != anchor.device:
+                raise ValueError(
+                    f"{self.function}: arguments '{anchor_name}' and '{name}' must be on the same device, "
+                    f"got {anchor.device} and {value.device}"
+                )
+        if device_type is not None and anchor.device.type != device_type:
+            self.fail(anchor_name, f"must be on a {device_type} device for this kernel, got {anchor.device}")
+
+    def integer(self, value: object, name: str, minimum: int | None = None) -> int:
+        """``value`` as an int: Python/numpy ints and integer 0-d tensors; bools and floats are a TypeError."""
+        if not is_integer(value):
+            self.fail(name, f"must be an int, got {_kind(value)} {value!r}", TypeError)
+        result = operator.index(value)  # type: ignore[arg-type]
+        if minimum is not None and result < minimum:
+            self.fail(name, f"must be >= {minimum}, got {result}")
+        return result
+
+    def integers(self, values: object, name: str) -> list[int]:
+        """A sequence of ints (see :meth:`integer`), e.g. layer indices: ``[1.7]`` is a TypeError, not ``[1]``."""
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            self.fail(name, f"must be a sequence of ints, got {type(values).__name__} {values!r}", TypeError)
+        result: list[int] = []
+        for position, value in enumerate(values):
+            if not is_integer(value):
+                self.fail(name, f"must hold ints, got {_kind(value)} {value!r} at position {position}", TypeError)
+            result.append(operator.index(value))
+        return result
+
+    def allocation(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device, name: str) -> None:
+        """Refuse an output of ``shape`` that cannot fit in the memory of ``device``, before allocating it.
+
+        ``name`` is the argument that determines the size (e.g. ``'scale'``). The limit is the device's
+        total memory (physical RAM on the CPU); a 43 TiB request becomes one line with the shape.
+        """
+        size = dtype.itemsize
+        for extent in shape:  # a plain loop: torch.compile traces this in public wrappers
+            size *= int(extent)
+        limit = device_memory(device)
+        if limit is not None and size > limit:
+            self.fail(
+                name,
+                f"gives an output of shape {shape_string(shape)} ({format_bytes(size)} of "
+                f"{dtype_name(dtype)}), more than the {format_bytes(limit)} of memory of device {device}",
+            )
+
     def finite(self, t: torch.Tensor, name: str) -> None:
         """Raise if ``t`` holds NaN or Inf, naming the first bad position and value."""
         if t.numel() == 0 or not t.is_floating_point():
@@ -131,3 +195,67 @@ class ArgCheck:
         if value not in allowed:
             options = ", ".join(repr(a) for a in allowed)
             self.fail(name, f"must be one of {options}, got {value!r}")
+
+
+def _is_bool(value: object) -> bool:
+    return (
+        isinstance(value, bool)
+        or type(value).__name__ == "bool_"
+        or (isinstance(value, torch.Tensor) and value.dtype == torch.bool)
+    )
+
+
+def _kind(value: object) -> str:
+    return "bool" if _is_bool(value) else type(value).__name__
+
+
+def is_integer(value: object) -> bool:
+    """An int, numpy integer or integer 0-d tensor; never a bool or a float (even an integral one)."""
+    if _is_bool(value):
+        return False
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
+def flatten_tensors(named: Iterable[tuple[str, object]]) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every tensor among ``named``: ``None`` skipped, list items named ``name[i]``."""
+    found = []
+    for name, value in named:
+        if isinstance(value, torch.Tensor):
+            found.append((name, value))
+        elif isinstance(value, (list, tuple)):
+            found += [(f"{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
+    return found
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+_CPU_MEMORY = _physical_memory()  # read once: torch.compile traces the checks that use it
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of ``device`` in bytes (physical RAM for the CPU), None when unknown (meta, ...)."""
+    if device.type == "cpu":
+        return _CPU_MEMORY
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return None
+
+
+def format_bytes(size: float) -> str:
+    """``"1.5 GiB"``; sizes beyond PiB in scientific notation (``"2.0e+26 bytes"``)."""
+    if size >= 1024**6:
+        return f"{size:.1e} bytes"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024 or unit == "PiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} PiB"

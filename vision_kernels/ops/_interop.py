@@ -1,9 +1,18 @@
-"""numpy (CPU) and cupy (GPU) arrays as op inputs, through DLPack.
+"""numpy (CPU), cupy (GPU) and any DLPack producer as op inputs.
 
-torch tensors are the primary interface. An op decorated with :func:`accepts_arrays` also takes
-numpy or cupy arrays for the named arguments; they are wrapped without a copy (DLPack or
-``torch.from_numpy``; read-only or negatively strided numpy arrays are copied), and the result
-comes back as the same kind of array as the first array argument.
+torch tensors are the primary interface. An op decorated with :func:`accepts_arrays` also takes, for
+the named arguments:
+
+* numpy arrays: wrapped without a copy (``torch.from_numpy``; read-only or negatively strided arrays
+  are copied); the result comes back as numpy arrays;
+* cupy arrays: wrapped through DLPack; the result comes back as cupy arrays;
+* any other object implementing the DLPack protocol (``__dlpack__`` and ``__dlpack_device__``: JAX
+  arrays, TensorFlow / MXNet / PaddlePaddle tensors, numpy-like libraries): wrapped with
+  ``torch.from_dlpack`` (no copy); the result comes back as **torch tensors** (convert it with your
+  library's own ``from_dlpack``).
+
+The kind of the result is that of the first non-torch array argument. Anything else (lists, scalars)
+is a TypeError naming the function and the argument.
 """
 
 from __future__ import annotations
@@ -26,11 +35,13 @@ def _kind(value: object) -> str:
         return "numpy"
     if module == "cupy":
         return "cupy"
+    if hasattr(value, "__dlpack__"):
+        return "dlpack"
     return "other"
 
 
 def to_tensor(value: Any, function: str, name: str) -> torch.Tensor:
-    """Wrap a torch tensor, numpy array or cupy array as a torch tensor, without copying when possible."""
+    """A torch tensor from a torch tensor, numpy array, cupy array or DLPack producer (no copy when possible)."""
     kind = _kind(value)
     if kind == "torch":
         return value
@@ -41,16 +52,22 @@ def to_tensor(value: Any, function: str, name: str) -> torch.Tensor:
         if not array.flags.writeable or any(s < 0 for s in array.strides):
             array = np.array(array, copy=True)
         return torch.from_numpy(array)
-    if kind == "cupy":
-        return torch.from_dlpack(value)
+    if kind in ("cupy", "dlpack"):
+        try:
+            return torch.from_dlpack(value)
+        except (AttributeError, TypeError, RuntimeError, BufferError, ValueError) as error:
+            raise TypeError(
+                f"{function}: argument '{name}' implements __dlpack__ but torch.from_dlpack cannot import it "
+                f"({type(value).__name__}: {error})"
+            ) from error
     raise TypeError(
-        f"{function}: argument '{name}' must be a torch.Tensor, numpy.ndarray or cupy.ndarray, "
-        f"got {type(value).__name__}"
+        f"{function}: argument '{name}' must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got "
+        f"{type(value).__name__} (any object implementing __dlpack__ is accepted too)"
     )
 
 
 def from_tensor(tensor: torch.Tensor, kind: str) -> Any:
-    """Return ``tensor`` as the array kind the caller passed in (shares memory)."""
+    """Return ``tensor`` as the array kind the caller passed in (shares memory); torch for other DLPack kinds."""
     if kind == "numpy":
         return tensor.detach().cpu().numpy()
     if kind == "cupy":
@@ -71,7 +88,7 @@ def _convert_result(result: Any, kind: str) -> Any:
 
 
 def accepts_arrays(*names: str) -> Callable[[F], F]:
-    """Decorator: let the arguments ``names`` of a public op be numpy or cupy arrays too."""
+    """Decorator: let the arguments ``names`` of a public op be numpy or cupy arrays or DLPack producers too."""
 
     def decorate(function: F) -> F:
         signature = inspect.signature(function)

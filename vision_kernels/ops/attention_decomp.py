@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import _native
 from ._checks import FLOATING, ArgCheck, dtype_name
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda
+from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = ["attention_decomposition"]
 
@@ -187,7 +187,7 @@ def _launch_cuda(
 register_cuda(_attention_decomposition_op, _launch_cuda)
 
 
-@_attention_decomposition_op.register_fake
+@register_fake(_attention_decomposition_op)
 def _(
     values: Tensor,
     attn: Tensor,
@@ -315,7 +315,9 @@ def attention_decomposition(
     if layers is None:
         layer_list = list(range(values.shape[1])) if values.dim() == 5 else []
     else:
-        layer_list = [int(layer) for layer in layers]
+        layer_list = check.integers(layers, "layers")  # [1.7] or [True] is a TypeError, not layer 1
+    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
+        check.fail("out_dtype", f"must be a torch.dtype or None, got {type(out_dtype).__name__}", TypeError)
     return torch.ops.vision_kernels.attention_decomposition(
         values, attn, folded, scale, offset, layer_list, keep_layers, keep_heads, keep_tokens, out_dtype, check_finite
     )

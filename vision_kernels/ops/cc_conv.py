@@ -36,7 +36,7 @@ from torch import Tensor
 from .. import _native
 from ._checks import ArgCheck, shape_string
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda
+from ._registry import cpu_native, register_cuda, register_fake
 from .cc_conv_grid import (
     PADDING_MODES,
     AxisPlan,
@@ -156,6 +156,8 @@ def _prepare(input, weight, bias, out_size, scale, padding_mode, check_finite): 
         check.finite(weight, "weight")
         if bias is not None:
             check.finite(bias, "bias")
+    shape = (input.shape[0], weight.shape[2], int(out_size[0]), int(out_size[1]))
+    ArgCheck(FUNCTION).allocation(shape, input.dtype, input.device, "size")
     out = input.new_empty((input.shape[0], weight.shape[2], int(out_size[0]), int(out_size[1])))
     return rows, cols, out
 
@@ -182,7 +184,7 @@ def _launch_forward_cuda(native, stream, input, weight, bias, out_size, scale, p
 register_cuda(_cc_conv2d_op, _launch_forward_cuda)
 
 
-@_cc_conv2d_op.register_fake
+@register_fake(_cc_conv2d_op)
 def _(input, weight, bias, out_size, scale, padding_mode, check_finite):  # type: ignore[no-untyped-def]
     _check_forward(input, weight, bias, out_size, scale, padding_mode)
     return input.new_empty((input.shape[0], weight.shape[2], int(out_size[0]), int(out_size[1])))
@@ -232,7 +234,7 @@ def _launch_grad_input_cuda(native, stream, grad, weight, in_size, scale, paddin
 register_cuda(_grad_input_op, _launch_grad_input_cuda)
 
 
-@_grad_input_op.register_fake
+@register_fake(_grad_input_op)
 def _(grad, weight, in_size, scale, padding_mode):  # type: ignore[no-untyped-def]
     return _grad_input_prepare(grad, weight, in_size, scale, padding_mode)[2]
 
@@ -277,7 +279,7 @@ def _launch_grad_weight_cuda(native, stream, grad, input, support, scale, paddin
 register_cuda(_grad_weight_op, _launch_grad_weight_cuda)
 
 
-@_grad_weight_op.register_fake
+@register_fake(_grad_weight_op)
 def _(grad, input, support, scale, padding_mode):  # type: ignore[no-untyped-def]
     return input.new_empty(_grad_weight_prepare(grad, input, support, scale, padding_mode)[2])
 

@@ -43,6 +43,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from ._checks import ArgCheck, is_integer
 
 __all__ = [
     "PADDING_MODES",
@@ -163,6 +166,34 @@ def _pair(value: object, name: str, function: str) -> tuple[float, float]:
     raise TypeError(f"{function}: argument '{name}' must be a number or a pair (height, width), got {value!r}")
 
 
+def int_pair(value: object, name: str, function: str, minimum: int = 1) -> tuple[int, int]:
+    """``(a, b)`` from an int ``n`` (``(n, n)``) or a pair of ints, each ``>= minimum``.
+
+    A float (``3.5``), a bool or a sequence of another length is a TypeError; a value below
+    ``minimum`` a ValueError, both naming ``function`` and ``name``.
+    """
+    check = ArgCheck(function)
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != 2:
+            check.fail(name, f"must be an int or a pair of ints (height, width), got {value!r}", TypeError)
+        pair = (value[0], value[1])
+    else:
+        pair = (value, value)
+    if not all(is_integer(v) for v in pair):
+        check.fail(name, f"must be an int or a pair of ints (height, width), got {value!r}", TypeError)
+    a, b = int(pair[0]), int(pair[1])  # type: ignore[call-overload]
+    for axis, n in (("height", a), ("width", b)):
+        if n < minimum:
+            where = f" for the {axis}" if isinstance(value, Sequence) else ""
+            check.fail(name, f"must be >= {minimum}, got {n}{where}")
+    return a, b
+
+
+def _check_output_fits(sizes: tuple[int, int], name: str, function: str) -> None:
+    """The smallest output of this grid (one float32 channel of ``sizes``) must fit in memory."""
+    ArgCheck(function).allocation(sizes, torch.float32, torch.device("cpu"), name)
+
+
 def resolve_output(
     in_size: tuple[int, int],
     size: Sequence[int] | int | None,
@@ -190,23 +221,16 @@ def resolve_output(
             if not (math.isfinite(s) and s > 0):
                 raise ValueError(f"{function}: argument 'scale' must be finite and > 0, got {s} for the {axis}")
     if size is not None:
-        if isinstance(size, int) and not isinstance(size, bool):
-            sizes = (size, size)
-        elif isinstance(size, Sequence) and len(size) == 2 and all(isinstance(v, int) for v in size):
-            sizes = (int(size[0]), int(size[1]))
-        else:
-            raise TypeError(
-                f"{function}: argument 'size' must be an int or a pair of ints (height, width), got {size!r}"
-            )
-        for axis, n in zip(("height", "width"), sizes, strict=True):
-            if n < 1:
-                raise ValueError(f"{function}: argument 'size' must be >= 1, got {n} for the {axis}")
+        sizes = int_pair(size, "size", function, minimum=1)
+        _check_output_fits(sizes, "size", function)
         if scales is None:
             scales = (sizes[0] / in_size[0], sizes[1] / in_size[1]) if min(in_size) > 0 else (1.0, 1.0)
         return sizes, scales
     assert scales is not None
     out = []
     for axis, n_in, s in zip(("height", "width"), in_size, scales, strict=True):
+        if not n_in * s < 2.0**62:
+            ArgCheck(function).fail("scale", f"gives an output of {n_in * s:.3g} pixels for the {axis}, too large")
         n_out = math.floor(n_in * s + 1e-6)
         if n_out < 1 and n_in > 0:
             raise ValueError(
@@ -214,6 +238,7 @@ def resolve_output(
                 f"< 1 pixel for the {axis}"
             )
         out.append(n_out)
+    _check_output_fits((out[0], out[1]), "scale", function)
     return (out[0], out[1]), scales
 
 
@@ -251,9 +276,15 @@ def cc_conv2d_grid(
     Returns:
         A :class:`CCGrid`; ``grid.phases`` is ``(Py, Px)`` and ``grid.tap_offsets()`` the
         ``[Py, Px, Kh, Kw, 2]`` points at which to evaluate a continuous filter.
+
+    Raises:
+        TypeError: ``in_size``, ``support`` or ``size`` not an int or a pair of ints (e.g. ``3.5``).
+        ValueError: sizes or support below 1, scales not finite and > 0, a support too small for the
+            scale, or an output that cannot fit in memory (checked before anything is allocated).
     """
     function = "vision_kernels.cc_conv2d_grid"
-    kh, kw = (support, support) if isinstance(support, int) else (int(support[0]), int(support[1]))
+    in_size = int_pair(in_size, "in_size", function, minimum=1)
+    kh, kw = int_pair(support, "support", function, minimum=1)
     out_size, scales = resolve_output(in_size, size, scale, function=function)
     check_support((kh, kw), scales, function)
     return CCGrid(
@@ -312,13 +343,16 @@ def _sorted_plan(taps: np.ndarray, group: np.ndarray, groups: int, pairs: np.nda
     offsets = np.zeros(groups + 1, dtype=np.int64)
     np.cumsum(np.bincount(group, minlength=groups), out=offsets[1:])
     as_tensor = functools.partial(torch.tensor, dtype=torch.int64)
-    return AxisPlan(
-        taps=as_tensor(taps.reshape(len(group), -1)),
-        group=as_tensor(group),
-        order=as_tensor(order),
-        offsets=as_tensor(offsets),
-        pairs=None if pairs is None else as_tensor(pairs),
-    )
+    # Plans are cached constants: build real tensors even when a fake kernel (torch.compile's
+    # FakeTensorMode) asks first, or the cache would hand fake tensors to the real kernel later.
+    with unset_fake_temporarily():
+        return AxisPlan(
+            taps=as_tensor(taps.reshape(len(group), -1)),
+            group=as_tensor(group),
+            order=as_tensor(order),
+            offsets=as_tensor(offsets),
+            pairs=None if pairs is None else as_tensor(pairs),
+        )
 
 
 def _border(index: np.ndarray, n_in: int, padding_mode: str) -> np.ndarray:

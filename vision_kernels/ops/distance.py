@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import _native
 from ._checks import ArgCheck
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda
+from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = ["sq_l2_distance"]
 
@@ -63,7 +63,7 @@ def _launch_cuda(native: object, stream: int, x: Tensor, y: Tensor, check_finite
 register_cuda(_sq_l2_distance_op, _launch_cuda)
 
 
-@_sq_l2_distance_op.register_fake
+@register_fake(_sq_l2_distance_op)
 def _(x: Tensor, y: Tensor, check_finite: bool) -> Tensor:
     _check_arguments(x, y)
     return x.new_empty((x.shape[0], y.shape[0]))

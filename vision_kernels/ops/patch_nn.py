@@ -34,7 +34,7 @@ from torch import Tensor
 from .. import _native
 from ._checks import ArgCheck, shape_string
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda
+from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = [
     "PatchNNResult",
@@ -97,6 +97,10 @@ def valid_patch_mask(pixel_mask: Tensor, patch_size: int | Sequence[int]) -> Ten
     Returns a bool mask over the patch grid (2-D for a 2-D input). Typical use: keys that do not
     overlap a hole, ``valid_patch_mask(~hole, 7)``.
     """
+    check = ArgCheck("vision_kernels.valid_patch_mask")
+    check.tensor(pixel_mask, "pixel_mask")
+    if pixel_mask.dim() not in (2, 3):
+        check.fail("pixel_mask", f"must have 2 or 3 dimensions [H, W] or [T, H, W], got shape {list(pixel_mask.shape)}")
     pt, ph, pw = normalize_patch_size(patch_size, "vision_kernels.valid_patch_mask")
     video = pixel_mask if pixel_mask.dim() == 3 else pixel_mask[None]
     bad = (~video.bool()).float()[None, None]  # [1, 1, T, H, W]
@@ -254,11 +258,13 @@ def _launch_patch_nn_cuda(
 register_cuda(_patch_nn_op, _launch_patch_nn_cuda)
 
 
-@_patch_nn_op.register_fake
+@register_fake(_patch_nn_op)
 def _(queries, keys, query_mask, key_mask, pt, ph, pw, alpha, check_finite):  # type: ignore[no-untyped-def]
     patch = (pt, ph, pw)
     _check_inputs(PATCH_NN, queries, keys, patch)
     grid = patch_grid_shape(queries.shape, patch)
+    _check_mask(PATCH_NN, query_mask, "query_mask", grid, queries.device)
+    _check_mask(PATCH_NN, key_mask, "key_mask", patch_grid_shape(keys.shape, patch), queries.device)
     return (
         queries.new_empty(grid, dtype=torch.long),
         queries.new_empty(grid, dtype=_distance_dtype(queries.dtype)),
@@ -271,6 +277,18 @@ def _as_video(x: Tensor, name: str, function: str) -> tuple[Tensor, bool]:
     if x.dim() == 3:
         return x[None], True
     return x, False
+
+
+def _alpha(alpha: object, function: str) -> float | None:
+    """``alpha`` as a float: None, or a finite real number > 0 (a bool or a string is a TypeError)."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) and not hasattr(alpha, "__float__"):
+        ArgCheck(function).fail("alpha", f"must be None or a number > 0, got {type(alpha).__name__}", TypeError)
+    value = float(alpha)  # type: ignore[arg-type]
+    if not (value > 0 and math.isfinite(value)):
+        ArgCheck(function).fail("alpha", f"must be None or a finite number > 0, got {alpha}")
+    return value
 
 
 def _mask_as_video(mask: Tensor | None, image: bool, name: str, function: str) -> Tensor | None:
@@ -325,7 +343,7 @@ def patch_nn(
     pt, ph, pw = normalize_patch_size(patch_size, PATCH_NN)
     qm = _mask_as_video(query_mask, image, "query_mask", PATCH_NN)
     km = _mask_as_video(key_mask, keys.dim() == 3, "key_mask", PATCH_NN)
-    alpha_value = None if alpha is None else float(alpha)
+    alpha_value = _alpha(alpha, PATCH_NN)
     index, distance = torch.ops.vision_kernels.patch_nn(q, k, qm, km, pt, ph, pw, alpha_value, check_finite)
     if image:
         index, distance = index[0], distance[0]
@@ -435,7 +453,7 @@ def _launch_patch_vote_cuda(
 register_cuda(_patch_vote_op, _launch_patch_vote_cuda)
 
 
-@_patch_vote_op.register_fake
+@register_fake(_patch_vote_op)
 def _(values, index, weights, pt, ph, pw, reduction, sigma_t, sigma_s, fill):  # type: ignore[no-untyped-def]
     return values.new_empty(_check_vote(values, index, weights, (pt, ph, pw)))
 
@@ -485,6 +503,8 @@ def patch_vote(
     check = ArgCheck(PATCH_VOTE)
     check.tensor(values, "values")
     check.tensor(index, "index")
+    if weights is not None:
+        check.tensor(weights, "weights")
     patch = normalize_patch_size(patch_size, PATCH_VOTE)
     image = index.dim() == 2
     v = values[None] if values.dim() == 3 else values
@@ -498,6 +518,28 @@ def patch_vote(
 # ---------------------------------------------------------------- PatchMatch op
 
 PATCH_MATCH = "vision_kernels.patch_match"
+
+
+def _check_match_arguments(
+    q_grid: tuple[int, int, int],
+    k_grid: tuple[int, int, int],
+    key_den: Tensor | None,
+    iterations: int,
+    seed: int,
+    init: Tensor | None,
+) -> None:
+    """Checks of patch_match's own arguments that need no tensor values (real and fake kernels)."""
+    check = ArgCheck(PATCH_MATCH)
+    if iterations < 0:
+        check.fail("iterations", f"must be >= 0, got {iterations}")
+    if not 0 <= seed < 2**63:
+        check.fail("seed", f"must be in [0, 2**63), got {seed}")
+    if init is not None:
+        check.dtype(init, "init", (torch.long,))
+        check.shape(init, "init", q_grid, "(the query patch grid)")
+    if key_den is not None:
+        check.dtype(key_den, "key_den", (torch.float64,))
+        check.shape(key_den, "key_den", k_grid, "(the key patch grid)")
 
 
 def _prepare_match(
@@ -515,17 +557,18 @@ def _prepare_match(
     check_finite: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     q_grid, k_grid = _check_search(PATCH_MATCH, queries, keys, query_mask, key_mask, (pt, ph, pw), check_finite)
+    _check_match_arguments(q_grid, k_grid, key_den, iterations, seed, init)
     check = ArgCheck(PATCH_MATCH)
-    if iterations < 0:
-        check.fail("iterations", f"must be >= 0, got {iterations}")
-    if not 0 <= seed < 2**63:
-        check.fail("seed", f"must be in [0, 2**63), got {seed}")
-    if init is not None:
-        check.dtype(init, "init", (torch.long,))
-        check.shape(init, "init", q_grid, "(the query patch grid)")
-    if key_den is not None:
-        check.dtype(key_den, "key_den", (torch.float64,))
-        check.shape(key_den, "key_den", k_grid, "(the key patch grid)")
+    keys_total = math.prod(k_grid)
+    if init is not None and init.numel() > 0:
+        low, high = int(init.min()), int(init.max())
+        if low < -1 or high >= keys_total:
+            check.fail(
+                "init",
+                f"must hold flat indices into the key patch grid of {keys_total} positions (or -1 for none), "
+                f"got values in [{low}, {high}]",
+                IndexError,
+            )
     device = queries.device
     guesses = init if init is not None else torch.full((1, 1, 1), -1, dtype=torch.long, device=device).expand(q_grid)
     den = key_den.contiguous() if key_den is not None else torch.empty(0, dtype=torch.float64, device=device)
@@ -593,10 +636,14 @@ def _launch_patch_match_cuda(
 register_cuda(_patch_match_op, _launch_patch_match_cuda)
 
 
-@_patch_match_op.register_fake
+@register_fake(_patch_match_op)
 def _(queries, keys, query_mask, key_mask, key_den, pt, ph, pw, iterations, seed, init, check_finite):  # type: ignore[no-untyped-def]
-    _check_inputs(PATCH_MATCH, queries, keys, (pt, ph, pw))
-    grid = patch_grid_shape(queries.shape, (pt, ph, pw))
+    patch = (pt, ph, pw)
+    _check_inputs(PATCH_MATCH, queries, keys, patch)
+    grid, k_grid = patch_grid_shape(queries.shape, patch), patch_grid_shape(keys.shape, patch)
+    _check_mask(PATCH_MATCH, query_mask, "query_mask", grid, queries.device)
+    _check_mask(PATCH_MATCH, key_mask, "key_mask", k_grid, queries.device)
+    _check_match_arguments(grid, k_grid, key_den, iterations, seed, init)
     return queries.new_empty(grid, dtype=torch.long), queries.new_empty(grid, dtype=torch.float64)
 
 
@@ -641,12 +688,16 @@ def patch_match(
     patch = normalize_patch_size(patch_size, PATCH_MATCH)
     qm = _mask_as_video(query_mask, image, "query_mask", PATCH_MATCH)
     km = _mask_as_video(key_mask, keys.dim() == 3, "key_mask", PATCH_MATCH)
+    check = ArgCheck(PATCH_MATCH)
+    if init is not None:
+        check.tensor(init, "init")
     guess = None if init is None else (init[None] if image and init.dim() == 2 else init)
+    iterations = check.integer(iterations, "iterations")  # ranges: checked by the op
+    seed = check.integer(seed, "seed")
     n = q.shape[-1] * math.prod(patch)
     den = None
+    alpha = _alpha(alpha, PATCH_MATCH)
     if alpha is not None:
-        if not (alpha > 0 and math.isfinite(alpha)):
-            ArgCheck(PATCH_MATCH).fail("alpha", f"must be None or a finite number > 0, got {alpha}")
         _, minima = torch.ops.vision_kernels.patch_match(
             k, q, km, qm, None, *patch, iterations, (seed + 1) % 2**63, None, check_finite
         )

@@ -40,7 +40,7 @@ from torch import Tensor
 from .. import _native
 from ._checks import FLOATING, ArgCheck, dtype_name
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda
+from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = ["pca_project", "pca_reconstruct", "FUSED_MAX_ROWS"]
 
@@ -308,7 +308,7 @@ def _launch_project(
 register_cuda(_pca_project_op, _launch_project)
 
 
-@_pca_project_op.register_fake
+@register_fake(_pca_project_op)
 def _(w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, check_finite: bool) -> Tensor:
     _check_project(w, mean, std, basis)
     return w.new_empty((w.shape[0], basis.shape[1]), dtype=accumulation_dtype(basis.dtype))
@@ -377,7 +377,7 @@ def _launch_reconstruct(
 register_cuda(_pca_reconstruct_op, _launch_reconstruct)
 
 
-@_pca_reconstruct_op.register_fake
+@register_fake(_pca_reconstruct_op)
 def _(
     coeffs: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, out_dtype: torch.dtype | None, check_finite: bool
 ) -> Tensor:

@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import _native
 from ._checks import FLOATING, ArgCheck, dtype_name
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda
+from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = ["second_order_effects"]
 
@@ -191,7 +191,7 @@ def _launch_cuda(
 register_cuda(_second_order_op, _launch_cuda)
 
 
-@_second_order_op.register_fake
+@register_fake(_second_order_op)
 def _(
     attn: Tensor,
     ln_std: Tensor,
@@ -304,7 +304,9 @@ def second_order_effects(
     if layers is None:
         layer_list = list(range(attn.shape[1])) if attn.dim() == 4 else []
     else:
-        layer_list = [int(layer) for layer in layers]
+        layer_list = check.integers(layers, "layers")  # [1.7] or [True] is a TypeError, not layer 1
+    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
+        check.fail("out_dtype", f"must be a torch.dtype or None, got {type(out_dtype).__name__}", TypeError)
     return torch.ops.vision_kernels.second_order_effects(
         attn, ln_std, activations, directions, scale, offset, layer_list, out_dtype, check_finite
     )
