@@ -189,6 +189,7 @@ def test_other_settings_are_refused_unless_overwrite(
         (["--images", "/nonexistent/folder"], "no such file or folder '/nonexistent/folder'"),
         (["--batch-size", "0"], "expected a positive integer, got '0'"),
         (["--pretrained", "laion2b_s34b_b79k"], "a model config file has no pretrained tags"),
+        (["--model", "ViT-B-32", "--pretrained", "nope"], "ViT-B-32 has no weights tagged 'nope'; tags: openai"),
     ],
 )
 def test_decompose_mistakes_are_one_line_errors(
@@ -436,3 +437,26 @@ def test_segment_scores_equal_in_memory_segmentation_scores(
     capsys.readouterr()
     assert main(args) == 2
     assert "1 of 6 images have no mask" in capsys.readouterr().err
+
+
+def test_checkpoint_weights_are_loaded_and_fingerprinted(
+    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import save_file
+
+    from vision_kernels.clip import model_identity
+    from vision_kernels.clip.runs import ModelChoice, load_model
+
+    other = load_model(ModelChoice(str(data["config"]), seed=5), function="test").model
+    checkpoint = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(checkpoint))
+    out = tmp_path / "run"
+    assert main(_decompose_args(data, out, "--checkpoint", str(checkpoint))) == 0
+    options = RunReader.open(out).options
+    assert options["fingerprint"] == model_identity(other, str(data["config"])).fingerprint
+    assert options["model"]["weights"] == "checkpoint" and options["model"]["checkpoint"]["sha256"]
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main(_decompose_args(data, tmp_path / "other", "--checkpoint", str(damaged))) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
