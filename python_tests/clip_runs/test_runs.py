@@ -460,3 +460,18 @@ def test_checkpoint_weights_are_loaded_and_fingerprinted(
     capsys.readouterr()
     assert main(_decompose_args(data, tmp_path / "other", "--checkpoint", str(damaged))) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_a_source_without_one_readable_image_is_an_error(
+    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(3):
+        (images / f"{k}.png").write_bytes(b"not an image")
+    args = _decompose_args(data, tmp_path / "run")
+    args[args.index("--images") + 1] = str(images)
+    capsys.readouterr()
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert "none of the 3 images" in error[-1] and "'0.png'" in error[-1]

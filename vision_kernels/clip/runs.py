@@ -273,6 +273,13 @@ def decompose_run(
     if ranks.main:
         failed = sum(len((run.record(s.index) or {}).get("record", {}).get("failed", [])) for s in run.shards)
     manifest = run.finalize({"source": source.describe(), "failed_count": failed})
+    failed = distributed.broadcast_object(failed)
+    if failed == len(source):
+        first = next(f for s in run.shards for f in (run.record(s.index) or {}).get("record", {}).get("failed", []))
+        raise ValueError(
+            f"{function}: argument 'images': none of the {len(source)} images of {str(images)!r} could be read or "
+            f"preprocessed (first: {first[1]!r}: {first[2]})"
+        )
     if ranks.main:
         done = len(source) - failed
         distributed.log(
