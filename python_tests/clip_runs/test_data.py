@@ -29,7 +29,7 @@ def _all(synth, source, workers: int = 0, batch_size: int = 5, groups=None):
 
 
 def test_folder_tree_is_sorted_and_labeled(tmp_path: Path, synth) -> None:
-    root = synth.class_folder(tmp_path / "images", classes=3, per_class=2)
+    root = synth.class_folder(tmp_path / ".hidden_parent" / "images", classes=3, per_class=2)
     (root / "class_1" / "nested").mkdir()
     synth.image(7).save(root / "class_1" / "nested" / "deep.JPG", format="JPEG")
     (root / "class_0" / "notes.txt").write_text("not an image")

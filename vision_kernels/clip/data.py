@@ -125,9 +125,11 @@ class FolderSource(ImageSource):
                 )
             for name in subfolders:
                 found = sorted(
-                    p.relative_to(self.root).as_posix()
-                    for p in (self.root / name).rglob("*")
-                    if p.is_file() and _is_image_name(p.name) and not any(s.startswith(".") for s in p.parts)
+                    relative.as_posix()
+                    for relative in (p.relative_to(self.root) for p in (self.root / name).rglob("*"))
+                    if _is_image_name(relative.name)
+                    and not any(part.startswith(".") for part in relative.parts)
+                    and (self.root / relative).is_file()
                 )
                 if not found:
                     continue  # like ImageFolder(allow_empty=True): an empty folder is no class
