@@ -475,3 +475,19 @@ def test_a_source_without_one_readable_image_is_an_error(
     assert main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert "none of the 3 images" in error[-1] and "'0.png'" in error[-1]
+
+
+def test_other_clip_modules_add_subcommands(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from vision_kernels.clip import cli as clip_cli
+
+    module = types.ModuleType("vk_test_extra_cli")
+
+    def add_subcommands(commands) -> None:  # noqa: ANN001 - argparse's private subparsers type
+        commands.add_parser("extra-test").set_defaults(handler=lambda args: 7)
+
+    module.add_subcommands = add_subcommands  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vk_test_extra_cli", module)
+    monkeypatch.setattr(clip_cli, "_extra_command_modules", lambda: ["vk_test_extra_cli"])
+    assert main(["clip", "extra-test"]) == 7

@@ -8,7 +8,8 @@
 
 Every command also runs under ``torchrun --nproc-per-node N -m vision_kernels.cli clip ...``.
 Other modules of the clip package add subcommands under ``clip`` by defining
-``add_clip_commands(subparsers)`` in a module named ``*_cli`` (collected by :func:`add_parser`).
+``add_subcommands(clip_subparsers)`` in a module named ``*_cli`` (collected by :func:`add_parser`;
+they must not define ``add_parser``, which would add a second top-level ``clip``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+from collections.abc import Callable
 
 from .._cli import existing_file, existing_folder, nonnegative_int, output_folder, positive_int
 
@@ -41,6 +43,21 @@ def _choice(args: argparse.Namespace):  # noqa: ANN202 - ModelChoice, imported l
     pretrained = None if args.pretrained in (None, "none") else args.pretrained
     checkpoint = str(args.checkpoint) if args.checkpoint is not None else None
     return ModelChoice(args.model, pretrained, checkpoint, args.seed)
+
+
+def _leaves_process_group(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run ``handler`` and then leave torch.distributed's process group (if torchrun made one) cleanly."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        finally:
+            import torch.distributed
+
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+    return run
 
 
 def _decompose(args: argparse.Namespace) -> int:
@@ -129,7 +146,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     decompose.add_argument("--workers", type=nonnegative_int, default=2, help="DataLoader worker processes")
     decompose.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard (default 1024)")
     decompose.add_argument("--overwrite", action="store_true", help="replace a run of other settings in --out")
-    decompose.set_defaults(handler=_decompose)
+    decompose.set_defaults(handler=_leaves_process_group(_decompose))
 
     textspan = commands.add_parser("textspan", help="TextSpan text descriptions of heads from a decompose run")
     textspan.add_argument("run", type=existing_folder, help="folder of a finished clip decompose run")
@@ -138,7 +155,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     textspan.add_argument("--k", type=positive_int, default=10, help="texts per head (default 10)")
     textspan.add_argument("--rank", type=positive_int, default=80, help="span rank (default 80, as the paper)")
     textspan.add_argument("--out", type=existing_folder, help="report folder (default: the run folder)")
-    textspan.set_defaults(handler=_textspan)
+    textspan.set_defaults(handler=_leaves_process_group(_textspan))
 
     ablate = commands.add_parser("ablate", help="zero-shot accuracy after mean-ablating MLPs, layers or heads")
     ablate.add_argument("run", type=existing_folder, help="folder of a finished clip decompose run (class folders)")
@@ -146,7 +163,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     ablate.add_argument("--templates", type=existing_file, help="prompt templates with {} (default: 8 CLIP prompts)")
     ablate.add_argument("--heads", help="also ablate these heads together: L.H,L.H,... or last<k>")
     ablate.add_argument("--out", type=existing_folder, help="report folder (default: the run folder)")
-    ablate.set_defaults(handler=_ablate)
+    ablate.set_defaults(handler=_leaves_process_group(_ablate))
 
     segment = commands.add_parser("segment", help="zero-shot segmentation scores over an image/mask folder pair")
     _model_arguments(segment)
@@ -157,12 +174,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     segment.add_argument("--text", help="one prompt for every image (default: 'a photo of a {class}' per image)")
     segment.add_argument("--batch-size", type=positive_int, default=32)
     segment.add_argument("--workers", type=nonnegative_int, default=2)
-    segment.set_defaults(handler=_segment)
+    segment.set_defaults(handler=_leaves_process_group(_segment))
 
     for name in _extra_command_modules():
         module = importlib.import_module(name)
-        if hasattr(module, "add_clip_commands"):
-            module.add_clip_commands(commands)
+        if hasattr(module, "add_subcommands"):
+            module.add_subcommands(commands)
 
 
 __all__ = ["add_parser"]
