@@ -337,11 +337,18 @@ def decompose(
 
     Raises:
         TypeError: unsupported model type or non-tensor images; ValueError: a model configuration
-        that cannot be decomposed exactly, images of the wrong size/channels/device, an unknown
+        that cannot be decomposed exactly, images of the wrong size/channels/device or not finite, an unknown
         convention or dtype; IndexError: a layer index out of range.
     """
     tower = as_vision_tower(model)
     images = check_images(tower, images)
+    finite = torch.isfinite(images).flatten(1).all(1)  # [B]
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise ValueError(
+            f"{FUNCTION}: argument 'images' must be finite, got NaN or Inf in {len(bad)} of {images.shape[0]} "
+            f"images (first: image {bad[0]})"
+        )
     if convention not in CONVENTIONS:
         raise ValueError(f"{FUNCTION}: argument 'convention' must be one of {CONVENTIONS}, got {convention!r}")
     dtype = dtype or tower.dtype
