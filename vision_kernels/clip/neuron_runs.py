@@ -151,6 +151,7 @@ def run_neuron_statistics(
     directions = neuron_directions(tower, layer, neurons, later_layers=later_layers, convention=convention)
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"{FUNCTION}: argument 'top_k' must be an integer >= 1, got {top_k!r}")
+    _check_top_k(top_k, len(inputs), FUNCTION)  # before any work; checked again against the readable images
     folder = Path(out)
     _prepare_folder(folder, FUNCTION)
     settings = {
