@@ -55,7 +55,11 @@ ImageLoader = Callable[[Sequence[int]], Iterable[tuple[Tensor, Tensor]]]
 
 
 def _prepare_folder(folder: Path, function: str) -> None:
-    """RUN/ must be new, empty or a neuron run (it holds sums/); rank 0 creates it."""
+    """RUN/ must be new, empty or a neuron run (it holds sums/); rank 0 creates it.
+
+    Every rank checks (the verdict is the same on all: creating the folder does not change it), then all
+    meet at one barrier, so that no rank runs ahead into the next collective call.
+    """
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{function}: argument 'out' {str(folder)!r} exists and is not a folder")
     if folder.is_dir():
@@ -63,8 +67,7 @@ def _prepare_folder(folder: Path, function: str) -> None:
         if names and "sums" not in names:
             raise FileExistsError(f"{function}: argument 'out' {str(folder)!r} is not empty and holds no neuron run "
                                   "(no sums/); choose a new or empty folder")  # fmt: skip
-        return
-    if not folder.parent.is_dir():
+    elif not folder.parent.is_dir():
         raise FileNotFoundError(f"{function}: argument 'out' {str(folder)!r}: its folder {str(folder.parent)!r} "
                                 "does not exist")  # fmt: skip
     if distributed.current().main:

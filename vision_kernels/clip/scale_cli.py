@@ -14,9 +14,10 @@ docs/clip_neurons_index.md); progress bars and printed results come from rank 0 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,18 @@ def _device(text: str) -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def _process_group(device: torch.device) -> Iterator[None]:
+    """Join torchrun's process group (if any) for the command, and leave it cleanly afterwards."""
+    joined = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    distributed.init_from_env(device)
+    try:
+        yield
+    finally:
+        if joined and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def _load_model(name: str, pretrained: str | None, checkpoint: Path | None, device: torch.device) -> Any:
     """A :class:`~vision_kernels.clip.LoadedClip`, with the weights of ``checkpoint`` when given."""
     from .models import load_clip
@@ -168,18 +181,18 @@ def _neurons_command(args: argparse.Namespace) -> int:
 
     _check_workers(args.workers)
     device = _device(args.device)
-    distributed.init_from_env(device)
     source = _open_images(args.images)  # cheap checks first: the source, then the model
     loaded = _load_model(args.model, args.pretrained, args.checkpoint, device)
     load = _image_loader(source, model_transform(loaded), device, args.batch_size, args.workers)
-    statistics = run_neuron_statistics(
-        loaded.model, source.keys, load, args.out, args.layer, args.neurons,
-        top_k=args.top_k, shard_size=args.shard_size, convention=args.convention,
-        options={**_model_options(args), "images": source.describe()}, overwrite=args.overwrite,
-    )  # fmt: skip
-    if distributed.current().main:
-        print(f"{PROG} neurons: {statistics.mean.shape[0]} neurons of layer {statistics.layer} over "
-              f"{statistics.count} images -> {Path(args.out) / 'statistics.safetensors'}")  # fmt: skip
+    options = {**_model_options(args), "images": source.describe()}
+    with _process_group(device):
+        statistics = run_neuron_statistics(
+            loaded.model, source.keys, load, args.out, args.layer, args.neurons, top_k=args.top_k,
+            shard_size=args.shard_size, convention=args.convention, options=options, overwrite=args.overwrite,
+        )  # fmt: skip
+        if distributed.current().main:
+            print(f"{PROG} neurons: {statistics.mean.shape[0]} neurons of layer {statistics.layer} over "
+                  f"{statistics.count} images -> {Path(args.out) / 'statistics.safetensors'}")  # fmt: skip
     return 0
 
 
@@ -274,16 +287,16 @@ def _index_build_command(args: argparse.Namespace) -> int:
     if len(groups) != len(args.groups or []):
         raise UsageError("--groups: every group needs its own name")
     device = _device(args.device)
-    distributed.init_from_env(device)
     source = _open_images(args.images)
     loaded = _load_model(args.model, args.pretrained, args.checkpoint, device)
     load = _image_loader(source, model_transform(loaded), device, args.batch_size, args.workers)
     heads = [pair for group in args.heads or [] for pair in group]
-    index = build_index_run(
-        loaded.model, source.keys, load, out, heads=heads or None, layers=args.layers, groups=groups or None,
-        metric=args.metric, kind=args.kind, sample_size=args.sample_size, shard_size=args.shard_size,
-        name=json.dumps({"model": args.model, "pretrained": args.pretrained, "images": source.location}),
-    )  # fmt: skip
+    with _process_group(device):
+        index = build_index_run(
+            loaded.model, source.keys, load, out, heads=heads or None, layers=args.layers, groups=groups or None,
+            metric=args.metric, kind=args.kind, sample_size=args.sample_size, shard_size=args.shard_size,
+            name=json.dumps({"model": args.model, "pretrained": args.pretrained, "images": source.location}),
+        )  # fmt: skip
     if index is not None:
         print(f"{PROG} index build: {index.count} images, keys {', '.join(index.keys)} ({index.kind}) -> {out}")
     return 0
