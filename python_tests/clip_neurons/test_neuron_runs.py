@@ -154,3 +154,52 @@ def test_two_gloo_ranks_equal_one_in_memory(tmp_path: Path, run_ranks) -> None:
     assert torch.equal(one["top_images"], two["top_images"])
     for name in ("mean", "top_norms", "principal", "explained"):  # batches differ (6 + 7 images): float32 rounding
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-7)
+
+
+_FAILING_RANK = textwrap.dedent(
+    """
+    import sys, torch
+    from open_clip.transformer import VisionTransformer
+    from vision_kernels.runs import init_from_env
+    from vision_kernels.clip.neuron_runs import run_neuron_statistics
+    ranks = init_from_env()
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, width=64, layers=3, heads=4, mlp_ratio=2.0,
+                              output_dim=24).eval()
+    images = torch.randn(8, 3, 32, 32)
+    def load(positions):
+        if ranks.rank == 1:
+            raise OSError("disk gone on rank 1")
+        yield images[positions], torch.tensor(positions)
+    try:
+        run_neuron_statistics(model, [str(i) for i in range(8)], load, sys.argv[1], 1, [0, 1], top_k=2, shard_size=2)
+    except Exception as error:
+        print(f"rank {ranks.rank}: {type(error).__name__}: {error}", flush=True)
+        sys.exit(3)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_every_rank(tmp_path: Path) -> None:
+    script = tmp_path / "fail.py"
+    script.write_text(_FAILING_RANK)
+    port = __import__("socket").socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(number), VK_PROGRESS="0")  # fmt: skip
+        processes.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], env=env,
+                                          stdout=subprocess.PIPE, text=True))  # fmt: skip
+    try:
+        outputs = [p.communicate(timeout=600)[0] for p in processes]  # would hang without the check
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in processes] == [3, 3]
+    assert "rank 0: RuntimeError: " in outputs[0] and "another rank failed" in outputs[0]
+    assert "rank 1: OSError: disk gone on rank 1" in outputs[1]

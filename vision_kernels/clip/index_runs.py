@@ -41,7 +41,7 @@ from .index import (
     _resolve_keys,
     model_identity,
 )
-from .neuron_runs import ImageLoader
+from .neuron_runs import ImageLoader, together
 from .towers import as_vision_tower
 
 __all__ = ["build_index_run"]
@@ -65,15 +65,19 @@ def _sample(tower: Any, load: ImageLoader, sample: int, shard_size: int, keys: M
     rows = {key: torch.zeros((sample if keep_rows else 0, dim), dtype=torch.float32) for key in keys}
     present = torch.zeros(sample, dtype=torch.int64)
     chunks = distributed.owned([range(s, min(s + shard_size, sample)) for s in range(0, sample, shard_size)])
-    for chunk in _progress.progress(chunks, desc="index: mean", enabled=progress):
-        for images, positions in load(list(chunk)):
-            vectors = _vectors(tower, images, keys)
-            where = torch.as_tensor(positions, dtype=torch.int64)
-            present[where] = 1
-            for key, value in vectors.items():
-                sums[key] += torch.from_numpy(value).double().sum(0)
-                if keep_rows:
-                    rows[key][where] = torch.from_numpy(value)
+
+    def accumulate() -> None:
+        for chunk in _progress.progress(chunks, desc="index: mean", enabled=progress):
+            for images, positions in load(list(chunk)):
+                vectors = _vectors(tower, images, keys)
+                where = torch.as_tensor(positions, dtype=torch.int64)
+                present[where] = 1
+                for key, value in vectors.items():
+                    sums[key] += torch.from_numpy(value).double().sum(0)
+                    if keep_rows:
+                        rows[key][where] = torch.from_numpy(value)
+
+    together(accumulate, FUNCTION)
     for tensor in (*sums.values(), *rows.values(), present):
         distributed.all_reduce_sum(tensor)
     mask = present.numpy().astype(bool)
@@ -166,26 +170,32 @@ def build_index_run(
     run = ShardedRun(parts_folder, RunSpec("clip.index.parts", options, list(inputs), shard_size), overwrite=True,
                      function=FUNCTION)  # fmt: skip
     names = {key: f"part_{position:04d}" for position, key in enumerate(keys)}
-    for shard in _progress.progress(run.pending(), desc="index: parts", enabled=progress):
-        parts = {key: faiss.clone_index(empty[key]) for key in keys}
-        positions: list[int] = []
-        for images, where in load(list(range(shard.start, shard.stop))):
-            for key, value in _vectors(tower, images, keys).items():
-                parts[key].add(_prepare(value, means[key], metric))
-            positions += [int(p) for p in where]
-        tensors = {names[key]: torch.from_numpy(faiss.serialize_index(part).copy()) for key, part in parts.items()}
-        tensors["positions"] = torch.tensor(positions, dtype=torch.int64)
-        skipped = sorted(set(range(shard.start, shard.stop)) - set(positions))
-        run.write(shard, tensors, record={"skipped": skipped})
-    run.finalize()
-    result = None
-    if distributed.current().main:
+
+    def add_parts() -> None:
+        for shard in _progress.progress(run.pending(), desc="index: parts", enabled=progress):
+            parts = {key: faiss.clone_index(empty[key]) for key in keys}
+            positions: list[int] = []
+            for images, where in load(list(range(shard.start, shard.stop))):
+                for key, value in _vectors(tower, images, keys).items():
+                    parts[key].add(_prepare(value, means[key], metric))
+                positions += [int(p) for p in where]
+            tensors = {names[k]: torch.from_numpy(faiss.serialize_index(part).copy()) for k, part in parts.items()}
+            tensors["positions"] = torch.tensor(positions, dtype=torch.int64)
+            skipped = sorted(set(range(shard.start, shard.stop)) - set(positions))
+            run.write(shard, tensors, record={"skipped": skipped})
+
+    def merge_and_save() -> HeadIndex | None:
+        if not distributed.current().main:
+            return None
         result = _merge(run, keys, names, empty, means, identity, metric, center, chosen, dim, nprobe, inputs)
         result.save(folder)
         if not keep_parts:
             shutil.rmtree(parts_folder, ignore_errors=True)
-    distributed.barrier()
-    return result
+        return result
+
+    together(add_parts, FUNCTION)
+    run.finalize()
+    return together(merge_and_save, FUNCTION)
 
 
 def _merge(run: ShardedRun, keys: Mapping[str, Any], names: Mapping[str, str], empty: Mapping[str, Any],

@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -52,6 +52,7 @@ _FORMAT = "vision_kernels.NeuronStatistics/1"
 # An image loader maps input positions (one shard's) to batches of (images [B, C, H, W], positions [B]) of the
 # readable images among them, in order; unreadable images are left out (they are reported as skipped).
 ImageLoader = Callable[[Sequence[int]], Iterable[tuple[Tensor, Tensor]]]
+T = TypeVar("T")
 
 
 def _prepare_folder(folder: Path, function: str) -> None:
@@ -73,6 +74,22 @@ def _prepare_folder(folder: Path, function: str) -> None:
     if distributed.current().main:
         folder.mkdir(exist_ok=True)
     distributed.barrier()
+
+
+def together(work: Callable[[], T], function: str) -> T:
+    """``work()`` on every rank, then a check that it succeeded on all of them: a rank whose work failed
+    re-raises its error, the others raise RuntimeError, instead of waiting forever in the next collective."""
+    error: BaseException | None = None
+    result = None
+    try:
+        result = work()
+    except Exception as caught:  # noqa: BLE001 - re-raised below, after telling the other ranks
+        error = caught
+    if not distributed.all_ranks_ok(error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"{function}: another rank failed (see its message); stopping this rank too")
+    return result  # type: ignore[return-value]
 
 
 def _shard_batches(load: ImageLoader, shard: ShardInfo) -> Iterable[tuple[Tensor, Tensor]]:
@@ -169,7 +186,7 @@ def run_neuron_statistics(
     }
     sums = ShardedRun(folder / "sums", RunSpec("clip.neurons.sums", settings, list(inputs), shard_size),
                       overwrite=overwrite, function=FUNCTION)  # fmt: skip
-    _sums_pass(sums, tower, load, directions, normalize, progress)
+    together(lambda: _sums_pass(sums, tower, load, directions, normalize, progress), FUNCTION)
     sums.finalize()
     neurons_count, embed = directions.neurons.numel(), directions.directions.shape[-1]
     total = torch.zeros((neurons_count, embed), dtype=torch.float64)
@@ -189,7 +206,7 @@ def run_neuron_statistics(
     # the exact mean it used, and recomputed when the mean changes.
     top = ShardedRun(folder / "top", RunSpec("clip.neurons.top", {**settings, "mean_sha256": _digest(mean)},
                                              list(inputs), shard_size), overwrite=True, function=FUNCTION)  # fmt: skip
-    _top_pass(top, tower, load, directions, mean, top_k, normalize, progress)
+    together(lambda: _top_pass(top, tower, load, directions, mean, top_k, normalize, progress), FUNCTION)
     top.finalize()
     local: Candidates | None = None
     for shard in top.mine():
@@ -198,10 +215,13 @@ def run_neuron_statistics(
         local = merge(local, norms, tensors["positions"], tensors["effects"], top_k)
     best = exchange_across_ranks(local, top_k, neurons_count, embed)
     statistics = statistics_from_candidates(mean, best, images, directions)
-    if distributed.current().main:
-        skipped = [p for record in sums_records(folder) for p in record.get("skipped", [])]
-        save_neuron_statistics(statistics, folder / STATISTICS, {**settings, "skipped": skipped})
-    distributed.barrier()
+
+    def save() -> None:
+        if distributed.current().main:
+            skipped = [p for record in sums_records(folder) for p in record.get("skipped", [])]
+            save_neuron_statistics(statistics, folder / STATISTICS, {**settings, "skipped": skipped})
+
+    together(save, FUNCTION)
     return statistics
 
 
