@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,32 @@ def rel():
 @pytest.fixture(scope="session")
 def make_tiny_vit():
     return tiny_vit
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_ranks(command: list[str], world: int = 2, timeout: float = 600) -> None:
+    """Run ``command`` as ``world`` gloo ranks on this machine (the environment torchrun would set)."""
+    port = _free_port()
+    processes = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), VK_PROGRESS="0", OMP_NUM_THREADS="1")  # fmt: skip
+        processes.append(subprocess.Popen(command, env=env))
+    try:
+        codes = [p.wait(timeout=timeout) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0] * world
+
+
+@pytest.fixture(scope="session")
+def run_ranks():
+    """``run_ranks(command, world=2)``: the command as ``world`` gloo ranks; asserts every rank exits 0."""
+    return _run_ranks

@@ -132,7 +132,7 @@ def test_save_load_round_trip_and_model_identity(database, tmp_path, make_tiny_v
         vc.HeadIndex.load(folder, other)
     with pytest.raises(ValueError, match=r"search_images|contributions: argument 'model' is not the model"):
         loaded.search_images(other, images[:1], "L2H0")
-    with pytest.raises(FileNotFoundError, match=r"must be a directory written by HeadIndex.save"):
+    with pytest.raises(FileNotFoundError, match=r"must be a folder written by HeadIndex.save"):
         vc.HeadIndex.load(tmp_path / "missing", model)
     meta["version"] = 99
     (folder / "meta.json").write_text(json.dumps(meta))

@@ -24,6 +24,7 @@ from typing import Any, TypeGuard, cast
 import torch
 from torch import Tensor, nn
 
+from .. import _optional
 from .towers import as_vision_tower, check_images
 
 __all__ = ["Capture", "capture"]
@@ -136,11 +137,10 @@ def _normalize(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 @functools.cache
 def _plain_forwards() -> frozenset:
     forwards = {nn.LayerNorm.forward}
-    try:
-        from open_clip.transformer import LayerNorm, LayerNormFp32
-
-        forwards |= {LayerNorm.forward, LayerNormFp32.forward}
-    except ImportError:  # pragma: no cover - open_clip is optional
+    try:  # open_clip is optional: without it, its LayerNorms cannot occur
+        transformer = _optional.require("open_clip.transformer", feature="vision_kernels.clip.capture")
+        forwards |= {transformer.LayerNorm.forward, transformer.LayerNormFp32.forward}
+    except _optional.MissingDependencyError:  # pragma: no cover - open_clip is optional
         pass
     return frozenset(forwards)
 

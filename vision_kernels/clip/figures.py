@@ -1,4 +1,8 @@
-"""Matplotlib figures of heatmaps over images (Agg backend, no screen needed)."""
+"""Matplotlib figures of heatmaps over images, drawn off-screen.
+
+Figures are :class:`matplotlib.figure.Figure` objects drawn by their own Agg canvas: no pyplot, so the user's
+matplotlib backend and pyplot state are never touched. Files are written atomically.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from .. import _optional
+from .._files import atomic_path
 
 __all__ = ["overlay_figure"]
 
@@ -50,10 +57,10 @@ def overlay_figure(
         alpha: opacity of the heatmap.
         cmap: matplotlib colormap of the heatmap.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    feature = "vision_kernels.clip.overlay_figure"
+    _optional.require("matplotlib", feature=feature)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     maps = maps[:, None] if maps.dim() == 3 else maps
     if maps.dim() != 4:
@@ -69,7 +76,9 @@ def overlay_figure(
     if titles is not None and len(titles) != per_image:
         raise ValueError(f"vision_kernels.clip.overlay_figure: argument 'titles' must hold {per_image} titles")
     columns = 1 + per_image + (1 if masks is not None else 0)
-    figure, axes = plt.subplots(count, columns, figsize=(2.6 * columns, 2.6 * count), squeeze=False)
+    figure = Figure(figsize=(2.6 * columns, 2.6 * count))
+    FigureCanvasAgg(figure)  # the figure's own off-screen canvas (no pyplot, no backend switch)
+    axes = figure.subplots(count, columns, squeeze=False)
     for row in range(count):
         picture = _as_image(images[row])
         axes[row, 0].imshow(picture, cmap="gray" if picture.ndim == 2 else None)
@@ -90,6 +99,6 @@ def overlay_figure(
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with atomic_path(path, function=feature) as temporary:
+        figure.savefig(temporary, dpi=100)
     return path

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,27 +37,20 @@ import torch
 from torch import Tensor
 
 from .. import _progress
+from ._index_files import FORMAT, VERSION, faiss_module, read_index_folder, write_index_folder
 from .decompose import decompose
 from .towers import VisionTower, as_vision_tower, check_images
 
 __all__ = ["HeadIndex", "ModelIdentity", "SearchResult", "head_key", "model_identity"]
 
 FUNCTION = "vision_kernels.clip.HeadIndex"
-FORMAT = "vision_kernels.HeadIndex"
-VERSION = 1
 METRICS = ("cosine", "ip")
 KINDS = ("auto", "flat", "ivf")
 IVF_FROM = 100_000  # "auto" switches to IVF from this many images
 
 
 def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as error:  # pragma: no cover - faiss is an optional dependency
-        raise ImportError(
-            "vision_kernels.clip.HeadIndex needs FAISS: pip install faiss-cpu (or faiss-gpu-cu12 for GPUs)"
-        ) from error
-    return faiss
+    return faiss_module(FUNCTION)
 
 
 @dataclass(frozen=True)
@@ -376,7 +368,7 @@ class HeadIndex:
         with torch.no_grad():
             for batch in _progress.progress(batches, desc="index images", enabled=progress):
                 batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-                vectors = _contributions(tower, check_images(tower, batch, function), keys)
+                vectors = _contributions(tower, _finite_images(tower, batch, function), keys)
                 for key, builder in builders.items():
                     builder.add(vectors[key].cpu().numpy())
                 count += batch.shape[0]
@@ -420,6 +412,8 @@ class HeadIndex:
             raise ValueError(f"{function}: argument 'contributions' must map keys to non-empty [K, E] tensors of one "
                              f"shape, got {shapes}")  # fmt: skip
         count, dim = first
+        for key, value in contributions.items():
+            _check_finite(value, function, f"contributions[{key!r}]")
         chosen = "ivf" if kind == "ivf" or (kind == "auto" and count >= IVF_FROM) else "flat"
         gpu = _gpu_device(device)
         names = {key: tuple(keys[key]) if keys and key in keys else _parse_key(key) for key in contributions}
@@ -482,7 +476,7 @@ class HeadIndex:
         tower = self.check_model(model, function)
         chosen = {self._key(k, function): self.keys[k] for k in (keys or list(self.keys))}
         with torch.no_grad():
-            return _contributions(tower, check_images(tower, images, function), chosen)
+            return _contributions(tower, _finite_images(tower, images, function), chosen)
 
     def _search(self, key: str, prepared: np.ndarray, k: int, function: str) -> SearchResult:
         if not 1 <= k:
@@ -506,6 +500,7 @@ class HeadIndex:
                 f"{function}: argument '{name}' must be [E] or [Q, E] with E = {self.dim} (the index's embedding "
                 f"size), got {list(queries.shape)}"
             )
+        _check_finite(queries, function, name)
         return queries.detach().float().cpu().numpy()
 
     def search_contributions(self, key: str, contributions: Tensor, k: int = 4) -> SearchResult:
@@ -531,26 +526,17 @@ class HeadIndex:
     # ------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> Path:
-        """Write the index into the directory ``path`` (created): metadata, means and one FAISS file per key."""
-        faiss = _faiss()
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        files, mean_names, arrays = {}, {}, {}
-        for position, (key, index) in enumerate(self.indexes.items()):
-            files[key] = f"index_{position:04d}.faiss"
-            faiss.write_index(_on_cpu(index), str(folder / files[key]))
-            mean = self.means.get(key)
-            if mean is not None:  # stored under positional names: user group names may collide with savez's
-                mean_names[key] = f"mean_{position:04d}"
-                arrays[mean_names[key]] = mean
-        np.savez(folder / "means.npz", **arrays)  # type: ignore[arg-type]  # numpy: any key might be allow_pickle
+        """Write the index into the folder ``path``: metadata, means and one FAISS file per key.
+
+        The folder is written under a temporary name and swapped in whole, so a save over an existing index
+        that is interrupted (even by SIGKILL) leaves the previous index loadable. A non-empty folder that
+        holds no index is refused (FileExistsError) rather than replaced.
+        """
         meta = {
             "format": FORMAT,
             "version": VERSION,
             "identity": {"name": self.identity.name, "fingerprint": self.identity.fingerprint},
             "keys": {key: [list(pair) for pair in pairs] for key, pairs in self.keys.items()},
-            "files": files,
-            "means": mean_names,
             "metric": self.metric,
             "center": self.center,
             "kind": self.kind,
@@ -559,47 +545,26 @@ class HeadIndex:
             "nprobe": self.nprobe,
             "ids": self.ids,
         }
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-        return folder
+        indexes = {key: _on_cpu(index) for key, index in self.indexes.items()}
+        return write_index_folder(path, meta, indexes, self.means, f"{FUNCTION}.save")
 
     @classmethod
     def load(cls, path: str | Path, model: object, *, device: str | torch.device | None = None) -> HeadIndex:
-        """Read an index saved by :meth:`save`, refusing it when ``model`` is not the model it was built for."""
+        """Read an index saved by :meth:`save`, refusing it when ``model`` is not the model it was built for.
+
+        Nothing in the folder is trusted: see :mod:`vision_kernels.clip._index_files` for the checks. A damaged
+        folder raises one ValueError (FileNotFoundError for a missing file) naming the folder and the field.
+        """
         function = f"{FUNCTION}.load"
-        faiss = _faiss()
-        folder = Path(path)
-        meta_path = folder / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{function}: argument 'path' must be a directory written by HeadIndex.save, "
-                                    f"got {str(folder)!r} (no meta.json)")  # fmt: skip
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"{function}: {str(folder)!r} holds format {meta.get('format')!r} version "
-                             f"{meta.get('version')!r}; expected {FORMAT!r} version {VERSION}")  # fmt: skip
-        identity = ModelIdentity(**meta["identity"])
+        fields = read_index_folder(path, function)
+        identity = ModelIdentity(**fields.pop("identity"))
         _check_identity(identity, model, function)
         gpu = _gpu_device(device)
-        indexes = {}
-        for key, file in meta["files"].items():
-            loaded = faiss.read_index(str(folder / file))
-            if gpu is not None:
-                loaded = faiss.index_cpu_to_gpu(_gpu_resources or faiss.StandardGpuResources(), gpu, loaded)
-            indexes[key] = loaded
-        with np.load(folder / "means.npz") as stored:
-            means = {key: (stored[meta["means"][key]] if key in meta["means"] else None) for key in meta["files"]}
-        return cls(
-            identity=identity,
-            keys={key: tuple(tuple(p) for p in pairs) for key, pairs in meta["keys"].items()},
-            indexes=indexes,
-            means=means,
-            metric=meta["metric"],
-            center=meta["center"],
-            kind=meta["kind"],
-            dim=meta["dim"],
-            count=meta["count"],
-            ids=meta["ids"],
-            nprobe=meta["nprobe"],
-        )
+        if gpu is not None:
+            faiss = _faiss()
+            resources = _gpu_resources or faiss.StandardGpuResources()
+            fields["indexes"] = {k: faiss.index_cpu_to_gpu(resources, gpu, v) for k, v in fields["indexes"].items()}
+        return cls(identity=identity, **fields)
 
 
 def _flat_search(
@@ -637,6 +602,21 @@ def _check_identity(identity: ModelIdentity, model: object, function: str) -> Vi
             f"{actual.fingerprint[:12]}...; rebuild the index for this model"
         )
     return tower
+
+
+def _check_finite(values: Tensor, function: str, name: str) -> None:
+    """ValueError when ``values`` holds NaN or Inf (which FAISS would index or search silently)."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{function}: argument '{name}' must be finite, got {int(bad.sum())} NaN/Inf values of {values.numel()}"
+        )
+
+
+def _finite_images(tower: VisionTower, images: object, function: str) -> Tensor:
+    checked = check_images(tower, images, function)
+    _check_finite(checked, function, "images")
+    return checked
 
 
 def _check_options(metric: str, kind: str, batch_size: int, sample_size: int, function: str) -> None:

@@ -54,8 +54,11 @@ from torch import Tensor
 
 from .. import _progress
 from ..ops.second_order import second_order_effects
+from ..runs import distributed as runs_distributed
 from .capture import Capture, capture
 from .folded import folded_head_matrices
+from .neuron_candidates import Candidates, centred_norms, exchange_across_ranks
+from .neuron_candidates import merge as merge_candidates
 from .towers import VisionTower, as_vision_tower, check_images
 
 __all__ = [
@@ -66,6 +69,7 @@ __all__ = [
     "neuron_directions",
     "neuron_effects",
     "neuron_statistics",
+    "statistics_from_candidates",
 ]
 
 FUNCTION = "vision_kernels.clip.neuron_effects"
@@ -570,6 +574,34 @@ def _batch_images(batch: object) -> Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch  # type: ignore[return-value]
 
 
+def _effects_of(
+    tower: VisionTower, batch: object, directions: NeuronDirections, normalize: bool, function: str
+) -> Tensor:
+    """``[B, Nn, E]`` float32 effects of one batch (tensor or ``(images, ...)`` tuple) of finite images."""
+    images = check_images(tower, _batch_images(batch), function)
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{function}: argument 'images' must be finite, got NaN/Inf pixel values")
+    return _batch_effects(tower, images, directions, normalize, torch.float32)
+
+
+def statistics_from_candidates(
+    mean: Tensor, candidates: Candidates, count: int, directions: NeuronDirections
+) -> NeuronStatistics:
+    """:class:`NeuronStatistics` from the mean ``[Nn, E]`` and the ``k`` best candidates of every neuron."""
+    centred = candidates.effects.to(mean.device).double() - mean  # [k, Nn, E]
+    principal, explained = _principal_directions(centred.transpose(0, 1))
+    return NeuronStatistics(
+        mean=mean,
+        top_norms=candidates.norms.T.contiguous().to(mean.device),
+        top_images=candidates.positions.T.contiguous().to(mean.device),
+        principal=principal.float(),
+        explained=explained.float(),
+        count=count,
+        layer=directions.layer,
+        neurons=directions.neurons,
+    )
+
+
 @torch.no_grad()
 def collect_neuron_statistics(
     model: object,
@@ -582,59 +614,57 @@ def collect_neuron_statistics(
     later_layers: Sequence[int] | None = None,
     convention: str = "per_term",
     normalize: bool = True,
+    distributed: bool = True,
 ) -> NeuronStatistics:
     """:class:`NeuronStatistics` of MLP ``layer``'s neurons over an image set, without storing all effects.
 
     Two passes over ``images`` (a ``[K, C, H, W]`` tensor, split into ``batch_size`` batches, or a
     re-iterable of batches such as a DataLoader yielding ``(images, labels)``): the first accumulates each
-    neuron's mean effect, the second keeps each neuron's ``top_k`` largest centred effects. Memory: the
-    running top effects ``[Nn, top_k, E]`` plus one batch's effects ``[batch, Nn, E]``.
+    neuron's effect sum ``sum_I phi_n(I)`` (float64), the second keeps each neuron's ``top_k`` largest centred
+    effects ``|phi_n(I) - mean_n|`` (ties to the earlier image). Memory: the running candidates
+    ``[top_k, Nn, E]`` plus one batch's effects ``[batch, Nn, E]``.
+
+    Under torch.distributed (``distributed=True`` and an initialized process group of several ranks) every
+    rank passes its own images: the sums and counts are all_reduced, each rank keeps its own ``top_k``
+    candidates per neuron, and only those candidates are exchanged to select the global ones
+    (:mod:`vision_kernels.clip.neuron_candidates`). The image positions in ``top_images`` then count the
+    images of rank 0 first, then rank 1's, ...: the result equals one process run on the ranks' images
+    concatenated in rank order (to float64 rounding of the sums).
     """
     function = "vision_kernels.clip.collect_neuron_statistics"
     tower = as_vision_tower(model)
     batches = _reiterable(images, batch_size, function)
     directions = neuron_directions(tower, layer, neurons, later_layers=later_layers, convention=convention)
-    total = None
+    ranks = runs_distributed.current() if distributed else runs_distributed.Ranks()
+    neurons_count, embed = directions.neurons.numel(), directions.directions.shape[-1]
+    total = torch.zeros((neurons_count, embed), dtype=torch.float64)
     count = 0
     for batch in _progress.progress(batches, desc="neuron statistics (mean)"):
-        effects = _batch_effects(tower, check_images(tower, _batch_images(batch), function), directions, normalize,
-                                 torch.float32).double()  # fmt: skip
-        total = effects.sum(0) if total is None else total + effects.sum(0)
+        effects = _effects_of(tower, batch, directions, normalize, function)  # [B, Nn, E]
+        total += effects.double().sum(0).cpu()
         count += effects.shape[0]
-    if total is None or count == 0:
+    counts = torch.zeros(ranks.world, dtype=torch.int64)
+    counts[ranks.rank] = count
+    if ranks.world > 1:
+        runs_distributed.all_reduce_sum(total)
+        runs_distributed.all_reduce_sum(counts)
+    overall = int(counts.sum())
+    if overall == 0:
         raise ValueError(f"{function}: argument 'images' holds no image")
-    _check_top_k(top_k, count, function)
-    mean = total / count  # [Nn, E]
-    best_norms = best_images = best_vectors = None
-    seen = 0
+    _check_top_k(top_k, overall, function)
+    mean = total / overall  # [Nn, E]
+    seen = int(counts[: ranks.rank].sum())  # position of this rank's first image
+    local: Candidates | None = None
     for batch in _progress.progress(batches, desc="neuron statistics (top effects)"):
-        effects = _batch_effects(tower, check_images(tower, _batch_images(batch), function), directions, normalize,
-                                 torch.float32)  # fmt: skip
-        centred = effects.double() - mean  # [B, Nn, E]
-        norms = centred.norm(dim=-1)  # [B, Nn]
-        positions = torch.arange(seen, seen + effects.shape[0], device=norms.device)[:, None].expand_as(norms)
+        effects = _effects_of(tower, batch, directions, normalize, function).cpu()  # [B, Nn, E]
+        norms = centred_norms(effects, mean)  # [B, Nn]
+        positions = torch.arange(seen, seen + effects.shape[0])[:, None].expand_as(norms)
         seen += effects.shape[0]
-        if best_norms is not None and best_images is not None and best_vectors is not None:
-            norms = torch.cat([best_norms, norms])
-            positions = torch.cat([best_images, positions])
-            centred = torch.cat([best_vectors, centred])
-        keep = min(top_k, norms.shape[0])
-        best_norms, order = norms.topk(keep, dim=0)  # [k, Nn]
-        best_images = positions.gather(0, order)
-        best_vectors = centred.gather(0, order[:, :, None].expand(-1, -1, centred.shape[-1]))  # [k, Nn, E]
-    # the first pass saw at least one image, so this pass ran at least once
-    assert best_norms is not None and best_images is not None and best_vectors is not None
-    principal, explained = _principal_directions(best_vectors.transpose(0, 1))
-    return NeuronStatistics(
-        mean=mean,
-        top_norms=best_norms.T.contiguous(),
-        top_images=best_images.T,
-        principal=principal.float(),
-        explained=explained.float(),
-        count=count,
-        layer=directions.layer,
-        neurons=directions.neurons,
-    )
+        local = merge_candidates(local, norms, positions, effects, top_k)
+    best = exchange_across_ranks(local, top_k, neurons_count, embed) if ranks.world > 1 else local
+    assert best is not None  # at least one image was seen
+    device = tower.device
+    return statistics_from_candidates(mean.to(device), best, overall, directions)
 
 
 ABLATIONS = ("all", "significant", "insignificant", "principal")

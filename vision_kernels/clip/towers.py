@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _optional
+
 __all__ = ["VisionTower", "Block", "FinalNorm", "as_vision_tower"]
 
 FUNCTION = "vision_kernels.clip.decompose"
@@ -482,10 +484,10 @@ def as_vision_tower(model: object) -> VisionTower:
         return model
     if not isinstance(model, nn.Module):
         raise TypeError(f"{FUNCTION}: argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
-    try:
-        from open_clip.transformer import VisionTransformer
-    except ImportError:  # pragma: no cover - open_clip is an optional dependency
-        VisionTransformer = None  # type: ignore[assignment,misc]
+    try:  # without open_clip no model can be an open_clip ViT: transformers models still work
+        VisionTransformer = _optional.require("open_clip.transformer", feature=FUNCTION).VisionTransformer
+    except _optional.MissingDependencyError:  # pragma: no cover - open_clip is an optional dependency
+        VisionTransformer = None
     visual = getattr(model, "visual", model)
     if VisionTransformer is not None and isinstance(visual, VisionTransformer):
         return OpenClipTower(visual)
