@@ -28,6 +28,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor
 
+from .._optional import require
 from .layout import LoraLayout
 
 __all__ = [
@@ -89,13 +90,24 @@ def _locate(path: Path) -> tuple[Path, str]:
 def _config_from_peft(config_file: Path) -> dict[str, Any]:
     if not config_file.is_file():
         return {}
-    return json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"vision_kernels.weightspace: {config_file} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"vision_kernels.weightspace: {config_file} must hold a JSON object")
+    return config
 
 
 def _config_from_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any]:
     if not metadata or "lora_adapter_metadata" not in metadata:
         return {}
-    packed = json.loads(metadata["lora_adapter_metadata"])
+    try:
+        packed = json.loads(metadata["lora_adapter_metadata"])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"vision_kernels.weightspace: damaged 'lora_adapter_metadata' ({error})") from None
+    if not isinstance(packed, dict):
+        raise ValueError("vision_kernels.weightspace: 'lora_adapter_metadata' must be a JSON object")
     return {key[len("unet.") :]: value for key, value in packed.items() if key.startswith("unet.")}
 
 
@@ -117,14 +129,10 @@ def _check_config(config: Mapping[str, Any], source: str) -> None:
         refuse("modules_to_save")
 
 
-def read_adapter(path: str | Path) -> LoraAdapter:
-    """Read a LoRA adapter folder (peft or diffusers format, see the module docstring) or file.
-
-    Raises ValueError for unsupported keys or settings and for NaN/Inf weights, naming the tensor.
-    """
+def _read_tensors(weights_file: Path) -> tuple[dict[tuple[str, str], Tensor], dict[str, str] | None]:
+    """``{(module, part): tensor}`` and the metadata of an adapter's weights file (keys checked)."""
     from safetensors import safe_open
 
-    weights_file, fmt = _locate(Path(path))
     tensors: dict[tuple[str, str], Tensor] = {}
     with safe_open(str(weights_file), framework="pt") as handle:
         metadata = handle.metadata()
@@ -141,9 +149,30 @@ def read_adapter(path: str | Path) -> LoraAdapter:
                     "'base_model.model.<module>.lora_A.weight' or diffusers keys 'unet.<module>.lora_A.weight'"
                 )
             tensor = handle.get_tensor(key)
+            if not tensor.is_floating_point():
+                raise ValueError(
+                    f"vision_kernels.weightspace: {weights_file}: '{key}' is {tensor.dtype}, not floating point"
+                )
             if not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"vision_kernels.weightspace: {weights_file}: '{key}' holds NaN or Inf weights")
             tensors[(match["module"], match["part"])] = tensor
+    return tensors, metadata
+
+
+def read_adapter(path: str | Path) -> LoraAdapter:
+    """Read a LoRA adapter folder (peft or diffusers format, see the module docstring) or file.
+
+    Raises ValueError for unsupported keys or settings and for NaN/Inf weights, naming the tensor.
+    """
+    from safetensors import SafetensorError
+
+    weights_file, fmt = _locate(Path(path))
+    try:
+        tensors, metadata = _read_tensors(weights_file)
+    except SafetensorError as error:
+        raise ValueError(
+            f"vision_kernels.weightspace: {weights_file} is not a readable safetensors file ({error})"
+        ) from None
     config = _config_from_peft(weights_file.parent / PEFT_CONFIG) if fmt == "peft" else _config_from_metadata(metadata)
     _check_config(config, str(weights_file))
     alpha = config.get("lora_alpha")
@@ -160,7 +189,7 @@ def read_adapter(path: str | Path) -> LoraAdapter:
 
 def lora_config(layout: LoraLayout) -> Any:
     """A ``peft.LoraConfig`` that creates exactly the layout's modules (full names as targets)."""
-    from peft import LoraConfig
+    LoraConfig = require("peft", feature="vision_kernels.weightspace.lora_config").LoraConfig
 
     alpha: float | int = int(layout.alpha) if float(layout.alpha).is_integer() else layout.alpha
     return LoraConfig(
@@ -204,7 +233,8 @@ def write_adapter(
         save_file(state, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
         config.save_pretrained(str(folder))
     else:
-        from diffusers.loaders import StableDiffusionLoraLoaderMixin
+        loaders = require("diffusers.loaders", feature="vision_kernels.weightspace.write_adapter(format='diffusers')")
+        StableDiffusionLoraLoaderMixin = loaders.StableDiffusionLoraLoaderMixin
 
         layers: dict[str, torch.nn.Module | Tensor] = {
             f"{m}.lora_{p}.weight": t.contiguous() for (m, p), t in tensors.items()
