@@ -28,6 +28,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor
 
+from .._files import atomic_open, atomic_path
 from .._optional import require
 from .layout import LoraLayout
 
@@ -228,10 +229,15 @@ def write_adapter(
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     config = lora_config(layout)
+    function = "vision_kernels.weightspace.write_adapter"
+    # Each file is written beside its final name and renamed (an existing adapter survives a crash).
     if format == "peft":
         state = {f"base_model.model.{m}.lora_{p}.weight": t.contiguous() for (m, p), t in tensors.items()}
-        save_file(state, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
-        config.save_pretrained(str(folder))
+        with atomic_path(folder / PEFT_WEIGHTS, function=function) as temporary:
+            save_file(state, str(temporary), metadata={"format": "pt"})
+        settings = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+        with atomic_open(folder / PEFT_CONFIG, "w", encoding="utf-8", function=function) as handle:
+            handle.write(json.dumps(settings, indent=2, sort_keys=True))  # as peft's save_pretrained writes it
     else:
         loaders = require("diffusers.loaders", feature="vision_kernels.weightspace.write_adapter(format='diffusers')")
         StableDiffusionLoraLoaderMixin = loaders.StableDiffusionLoraLoaderMixin
@@ -240,9 +246,10 @@ def write_adapter(
             f"{m}.lora_{p}.weight": t.contiguous() for (m, p), t in tensors.items()
         }
         metadata = {k: v for k, v in config.to_dict().items() if v is not None}
-        StableDiffusionLoraLoaderMixin.save_lora_weights(
-            str(folder), unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
-        )
+        with atomic_path(folder / DIFFUSERS_WEIGHTS, function=function) as temporary:
+            StableDiffusionLoraLoaderMixin.save_lora_weights(
+                str(folder), unet_lora_layers=layers, unet_lora_adapter_metadata=metadata, weight_name=temporary.name
+            )
     return folder
 
 
