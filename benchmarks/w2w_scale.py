@@ -89,7 +89,7 @@ def fit_worker(args: argparse.Namespace) -> None:
         memory=int(args.memory_gb * 2**30),
         gram_memory=0,
         seed=args.seed,
-        show_progress=args.progress,
+        show_progress=args.progress and ranks.main,
     )
     seconds = time.perf_counter() - start
     report = {"rank": ranks.rank, "world": ranks.world, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
