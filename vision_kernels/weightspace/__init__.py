@@ -11,6 +11,10 @@ in which one can
   :class:`DelayedInjection`),
 * invert a single image into a model (:func:`invert`),
 
+and, at dataset scale (``vision-kernels w2w ...``, docs/w2w_runs.md), collect a folder of adapters
+into resumable row-block shards (:func:`collect_adapters`, :func:`open_run_rows`), fit under
+torchrun (:func:`fit_space`), sample, edit, invert and project from files (:mod:`.workflows`),
+
 and export any point of the space as an adapter that diffusers and peft load as usual
 (:meth:`WeightSpace.export_adapter`). The projection and reconstruction run on the
 ``pca_project`` / ``pca_reconstruct`` kernels of :mod:`vision_kernels.ops`.
@@ -29,6 +33,7 @@ from .adapters import (
     vector_from_unet,
     write_adapter,
 )
+from .collect import CollectResult, RunRows, collect_adapters, list_adapters, open_run_rows, read_attributes
 from .dataset import LoraDataset
 from .diffusion import (
     DelayedInjection,
@@ -48,6 +53,7 @@ from .layout import LoraEntry, LoraLayout
 from .sampling import sample_coefficients
 from .space import WeightSpace
 from .storage import ConcatRows, FileRows, MatrixWriter, RowMatrix, TensorRows, open_rows
+from .workflows import edit_adapter, fit_space, invert_image, load_base_model, project_adapter, sample_adapters
 
 __all__ = [
     "LoraEntry",
@@ -89,4 +95,16 @@ __all__ = [
     "DelayedInjection",
     "generate_latents",
     "tiny_unet",
+    "CollectResult",
+    "RunRows",
+    "collect_adapters",
+    "list_adapters",
+    "open_run_rows",
+    "read_attributes",
+    "fit_space",
+    "sample_adapters",
+    "edit_adapter",
+    "invert_image",
+    "project_adapter",
+    "load_base_model",
 ]

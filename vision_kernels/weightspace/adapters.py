@@ -28,6 +28,8 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor
 
+from .._files import atomic_open, atomic_path
+from .._optional import require
 from .layout import LoraLayout
 
 __all__ = [
@@ -89,13 +91,24 @@ def _locate(path: Path) -> tuple[Path, str]:
 def _config_from_peft(config_file: Path) -> dict[str, Any]:
     if not config_file.is_file():
         return {}
-    return json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"vision_kernels.weightspace: {config_file} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"vision_kernels.weightspace: {config_file} must hold a JSON object")
+    return config
 
 
 def _config_from_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any]:
     if not metadata or "lora_adapter_metadata" not in metadata:
         return {}
-    packed = json.loads(metadata["lora_adapter_metadata"])
+    try:
+        packed = json.loads(metadata["lora_adapter_metadata"])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"vision_kernels.weightspace: damaged 'lora_adapter_metadata' ({error})") from None
+    if not isinstance(packed, dict):
+        raise ValueError("vision_kernels.weightspace: 'lora_adapter_metadata' must be a JSON object")
     return {key[len("unet.") :]: value for key, value in packed.items() if key.startswith("unet.")}
 
 
@@ -117,14 +130,10 @@ def _check_config(config: Mapping[str, Any], source: str) -> None:
         refuse("modules_to_save")
 
 
-def read_adapter(path: str | Path) -> LoraAdapter:
-    """Read a LoRA adapter folder (peft or diffusers format, see the module docstring) or file.
-
-    Raises ValueError for unsupported keys or settings and for NaN/Inf weights, naming the tensor.
-    """
+def _read_tensors(weights_file: Path) -> tuple[dict[tuple[str, str], Tensor], dict[str, str] | None]:
+    """``{(module, part): tensor}`` and the metadata of an adapter's weights file (keys checked)."""
     from safetensors import safe_open
 
-    weights_file, fmt = _locate(Path(path))
     tensors: dict[tuple[str, str], Tensor] = {}
     with safe_open(str(weights_file), framework="pt") as handle:
         metadata = handle.metadata()
@@ -141,9 +150,30 @@ def read_adapter(path: str | Path) -> LoraAdapter:
                     "'base_model.model.<module>.lora_A.weight' or diffusers keys 'unet.<module>.lora_A.weight'"
                 )
             tensor = handle.get_tensor(key)
+            if not tensor.is_floating_point():
+                raise ValueError(
+                    f"vision_kernels.weightspace: {weights_file}: '{key}' is {tensor.dtype}, not floating point"
+                )
             if not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"vision_kernels.weightspace: {weights_file}: '{key}' holds NaN or Inf weights")
             tensors[(match["module"], match["part"])] = tensor
+    return tensors, metadata
+
+
+def read_adapter(path: str | Path) -> LoraAdapter:
+    """Read a LoRA adapter folder (peft or diffusers format, see the module docstring) or file.
+
+    Raises ValueError for unsupported keys or settings and for NaN/Inf weights, naming the tensor.
+    """
+    from safetensors import SafetensorError
+
+    weights_file, fmt = _locate(Path(path))
+    try:
+        tensors, metadata = _read_tensors(weights_file)
+    except SafetensorError as error:
+        raise ValueError(
+            f"vision_kernels.weightspace: {weights_file} is not a readable safetensors file ({error})"
+        ) from None
     config = _config_from_peft(weights_file.parent / PEFT_CONFIG) if fmt == "peft" else _config_from_metadata(metadata)
     _check_config(config, str(weights_file))
     alpha = config.get("lora_alpha")
@@ -160,7 +190,7 @@ def read_adapter(path: str | Path) -> LoraAdapter:
 
 def lora_config(layout: LoraLayout) -> Any:
     """A ``peft.LoraConfig`` that creates exactly the layout's modules (full names as targets)."""
-    from peft import LoraConfig
+    LoraConfig = require("peft", feature="vision_kernels.weightspace.lora_config").LoraConfig
 
     alpha: float | int = int(layout.alpha) if float(layout.alpha).is_integer() else layout.alpha
     return LoraConfig(
@@ -199,20 +229,27 @@ def write_adapter(
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     config = lora_config(layout)
+    function = "vision_kernels.weightspace.write_adapter"
+    # Each file is written beside its final name and renamed (an existing adapter survives a crash).
     if format == "peft":
         state = {f"base_model.model.{m}.lora_{p}.weight": t.contiguous() for (m, p), t in tensors.items()}
-        save_file(state, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
-        config.save_pretrained(str(folder))
+        with atomic_path(folder / PEFT_WEIGHTS, function=function) as temporary:
+            save_file(state, str(temporary), metadata={"format": "pt"})
+        settings = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+        with atomic_open(folder / PEFT_CONFIG, "w", encoding="utf-8", function=function) as handle:
+            handle.write(json.dumps(settings, indent=2, sort_keys=True))  # as peft's save_pretrained writes it
     else:
-        from diffusers.loaders import StableDiffusionLoraLoaderMixin
+        loaders = require("diffusers.loaders", feature="vision_kernels.weightspace.write_adapter(format='diffusers')")
+        StableDiffusionLoraLoaderMixin = loaders.StableDiffusionLoraLoaderMixin
 
         layers: dict[str, torch.nn.Module | Tensor] = {
             f"{m}.lora_{p}.weight": t.contiguous() for (m, p), t in tensors.items()
         }
         metadata = {k: v for k, v in config.to_dict().items() if v is not None}
-        StableDiffusionLoraLoaderMixin.save_lora_weights(
-            str(folder), unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
-        )
+        with atomic_path(folder / DIFFUSERS_WEIGHTS, function=function) as temporary:
+            StableDiffusionLoraLoaderMixin.save_lora_weights(
+                str(folder), unet_lora_layers=layers, unet_lora_adapter_metadata=metadata, weight_name=temporary.name
+            )
     return folder
 
 

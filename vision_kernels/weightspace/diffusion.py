@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._optional import require
 from .._progress import progress
 from ..ops._checks import ArgCheck
 from .adapters import attach_lora, load_vector_into, lora_parameters, peft_adapters
@@ -50,7 +51,7 @@ def tiny_unet(**overrides: Any) -> torch.nn.Module:
     16, one cross-attention block each way on 8-d prompts), with random weights drawn from torch's
     global generator: the model of the demo and the tests, where no pretrained UNet can be loaded.
     ``overrides`` replace any config entry (e.g. ``sample_size``)."""
-    from diffusers import UNet2DConditionModel
+    UNet2DConditionModel = require("diffusers", feature="vision_kernels.weightspace.tiny_unet").UNet2DConditionModel
 
     config: dict[str, Any] = dict(
         sample_size=8,
@@ -211,7 +212,7 @@ def finetune_lora(
         ``(vector, layout)``: the trained adapter as a ``[D]`` vector and its layout (write it with
         :func:`write_adapter`).
     """
-    from peft import LoraConfig
+    LoraConfig = require("peft", feature="vision_kernels.weightspace.finetune_lora").LoraConfig
 
     source = _as_latents(latents)
     config = LoraConfig(

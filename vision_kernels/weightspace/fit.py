@@ -16,6 +16,13 @@ work on the N x N side, on the operator ``G = Z Z^T = U S^2 U^T``:
 * :func:`fit_exact`: G in float64 and its full eigendecomposition: the exact answer for small
   datasets, used to check the streaming fit.
 
+Under torch.distributed (``torchrun``, see :mod:`vision_kernels.runs.distributed`) each rank
+streams only its own row blocks (blocks ``rank::world``): the column statistics (per-rank count,
+mean and centered sum of squares, merged exactly), the sketch products ``Z^T Q`` (``[D, l]``) and
+``Z W`` (``[N, l]``, each rank filling its rows) and the coefficients ``Z V`` are summed over ranks
+with ``all_reduce``; rows are never gathered. G is then applied by the two-pass operator (a Gram
+cache would need pairs of row blocks owned by different ranks). Every rank ends with the same space.
+
 Neither fit ever holds the standardized matrix: each block of rows is standardized on the fly by
 the native dequantize + standardize kernel and fed to the GEMMs.
 """
@@ -31,6 +38,7 @@ from torch import Tensor
 
 from .._progress import progress
 from ..ops.pca import standardize_block
+from ..runs import distributed
 from .layout import LoraLayout
 from .space import WeightSpace
 from .storage import RowMatrix, open_rows
@@ -69,7 +77,12 @@ def _describe_row(rows: RowMatrix, row: int, column: int) -> str:
 
 
 def column_statistics(
-    rows: RowMatrix, *, std_floor: float | None = None, block_rows: int = 1024, show_progress: bool | None = None
+    rows: RowMatrix,
+    *,
+    std_floor: float | None = None,
+    block_rows: int = 1024,
+    show_progress: bool | None = None,
+    blocks: list[tuple[int, int]] | None = None,
 ) -> ColumnStatistics:
     """One streaming pass: per-dimension mean and unbiased std (per block ``torch.var_mean``, which
     accumulates in float64 on CPU, merged across blocks by Chan's parallel update in float64).
@@ -78,16 +91,43 @@ def column_statistics(
     otherwise be blown up to unit variance, and a zero std makes standardization undefined).
     None picks ``1e-3 x`` the median nonzero std. Raises ValueError on NaN/Inf in the data,
     naming the model and the LoRA tensor, and when there are fewer than 2 models.
+
+    ``blocks``: the row ranges this process reads (default: all). Under torch.distributed each
+    rank passes its own; the per-rank moments ``(n_r, mean_r, M2_r)`` are merged exactly with two
+    float64 all_reduces: ``mean = sum_r n_r mean_r / N``, ``M2 = sum_r M2_r + n_r (mean_r - mean)^2``.
     """
     count, dims = rows.shape
     if count < 2:
         raise ValueError(f"vision_kernels.weightspace: a weight space needs at least 2 models, got {count}")
+    if std_floor is not None and not std_floor > 0:
+        raise ValueError(f"vision_kernels.weightspace: argument 'std_floor' must be > 0, got {std_floor}")
+    blocks = _ranges(count, block_rows) if blocks is None else blocks
+    seen, mean, m2 = _agree(lambda: _local_moments(rows, blocks, show_progress), "column statistics")
+    if distributed.current().world > 1:
+        total_mean = distributed.all_reduce_sum(mean * seen) / count
+        m2 = distributed.all_reduce_sum(m2 + (mean - total_mean).square() * seen)
+        mean = total_mean
+    raw_std = (m2 / (count - 1)).sqrt()
+    if std_floor is None:
+        nonzero = raw_std[raw_std > 0]
+        floor = 1e-3 * float(nonzero.median()) if nonzero.numel() else 1.0
+    else:
+        floor = float(std_floor)
+    std = raw_std.clamp(min=floor)
+    total_variance = float((m2 / std.square()).sum())
+    return ColumnStatistics(mean, std, raw_std, floor, int((raw_std < floor).sum()), total_variance)
+
+
+def _local_moments(
+    rows: RowMatrix, blocks: list[tuple[int, int]], show_progress: bool | None
+) -> tuple[int, Tensor, Tensor]:
+    """``(n, mean [D], M2 [D])`` (float64) of the rows in ``blocks``; ValueError naming the first NaN/Inf."""
+    dims = rows.shape[1]
     mean = torch.zeros(dims, dtype=torch.float64)
     m2 = torch.zeros(dims, dtype=torch.float64)
     seen = 0
-    starts = range(0, count, block_rows)
-    for start in progress(starts, desc="column statistics", total=len(starts), enabled=show_progress):
-        block = rows.read(start, min(count, start + block_rows))
+    for start, stop in progress(blocks, desc="column statistics", enabled=show_progress):
+        block = rows.read(start, stop)
         for sub in range(0, block.shape[0], _STATS_ROWS):
             x = block[sub : sub + _STATS_ROWS]
             n = x.shape[0]
@@ -105,17 +145,25 @@ def column_statistics(
             mean += delta * (n / total)
             m2 += block_m2 + delta.square() * (seen * n / total)
             seen = total
-    raw_std = (m2 / (count - 1)).sqrt()
-    if std_floor is None:
-        nonzero = raw_std[raw_std > 0]
-        floor = 1e-3 * float(nonzero.median()) if nonzero.numel() else 1.0
-    else:
-        if not std_floor > 0:
-            raise ValueError(f"vision_kernels.weightspace: argument 'std_floor' must be > 0, got {std_floor}")
-        floor = float(std_floor)
-    std = raw_std.clamp(min=floor)
-    total_variance = float((m2 / std.square()).sum())
-    return ColumnStatistics(mean, std, raw_std, floor, int((raw_std < floor).sum()), total_variance)
+    return seen, mean, m2
+
+
+def _agree(work: Any, what: str) -> Any:
+    """Run ``work()`` on every rank; if it fails on any rank, fail on all of them (no rank is left
+    waiting in a collective): the failing rank raises its own error, the others a RuntimeError."""
+    if distributed.current().world == 1:
+        return work()
+    error: BaseException | None = None
+    result = None
+    try:
+        result = work()
+    except Exception as caught:  # noqa: BLE001 - re-raised below, after the ranks agree
+        error = caught
+    if not distributed.all_ranks_ok(error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"vision_kernels.weightspace: {what} failed on another rank (see its message)")
+    return result
 
 
 class _Standardized:
@@ -170,17 +218,22 @@ def _symmetric_product(rows: Tensor, out: Tensor, leaf: int = 256) -> None:
     out[:half, half:] = cross.T
 
 
-def _apply_streaming(z: _Standardized, q: Tensor, block_rows: int, show_progress: bool | None, what: str) -> Tensor:
-    """G Q = Z (Z^T Q) with two passes; Q: [N, l] -> [N, l] (in the dtype of the blocks)."""
-    count, dims = z.rows.shape
-    blocks = _ranges(count, block_rows)
+def _apply_streaming(
+    z: _Standardized, q: Tensor, blocks: list[tuple[int, int]], show_progress: bool | None, what: str
+) -> Tensor:
+    """G Q = Z (Z^T Q) with two passes over this rank's ``blocks``; Q: [N, l] -> [N, l].
+
+    ``W = Z^T Q`` ([D, l]) is summed over ranks; each rank fills its rows of ``Z W``, the zero rows
+    of the others make the all_reduce an exact gather-free assembly."""
+    dims = z.rows.shape[1]
     w = torch.zeros((dims, q.shape[1]), dtype=z.dtype, device=z.device)  # [D, l]
     for a, b in progress(blocks, desc=f"{what}: Z^T Q", enabled=show_progress):
         w.addmm_(z.block(a, b).T, q[a:b].to(z.dtype))
-    y = torch.empty_like(q)
+    distributed.all_reduce_sum(w)
+    y = torch.zeros_like(q)  # [N, l]
     for a, b in progress(blocks, desc=f"{what}: Z W", enabled=show_progress):
         y[a:b] = z.block(a, b) @ w
-    return y
+    return distributed.all_reduce_sum(y)
 
 
 def _orthonormal(y: Tensor) -> Tensor:
@@ -203,6 +256,26 @@ def _basis_from_u(z: _Standardized, u: Tensor, scale: Tensor, block_rows: int, s
     for a, b in progress(_ranges(count, block_rows), desc="basis: Z^T U / S", enabled=show_progress):
         basis.addmm_(z.block(a, b).T, weights[a:b])
     return basis
+
+
+def _check_spread(stats: ColumnStatistics, count: int) -> None:
+    if not stats.total_variance > 0:
+        raise ValueError(
+            f"vision_kernels.weightspace: the weights have zero variance: all {count} models have the same "
+            "weights in every dimension (a constant matrix), so there is no direction to fit"
+        )
+
+
+def _check_rank(singular: Tensor, n_components: int) -> None:
+    """Components with (numerically) zero singular value have no direction: refuse them by name."""
+    tolerance = float(singular[0]) * 1e-6 if singular.numel() else 0.0
+    rank = int((singular > tolerance).sum())
+    if rank < n_components:
+        raise ValueError(
+            f"vision_kernels.weightspace: the standardized weights span only {rank} dimension(s) (the models "
+            f"are linearly dependent, e.g. duplicates), fewer than n_components={n_components}: ask for at most "
+            f"{rank} component(s)"
+        )
 
 
 def _metadata_names(rows: RowMatrix) -> tuple[LoraLayout | None, list[str] | None]:
@@ -237,6 +310,7 @@ def fit_streaming(
     device: str | torch.device = "cpu",
     layout: LoraLayout | None = None,
     names: list[str] | None = None,
+    attributes: dict[str, Tensor] | None = None,
     show_progress: bool | None = None,
 ) -> WeightSpace:
     """Fit a weight space by randomized PCA, streaming row blocks of the weights (see the module docstring).
@@ -244,21 +318,28 @@ def fit_streaming(
     Args:
         source: the ``[N, D]`` weights: a ``.safetensors``/``.npy`` path (e.g. written by
             :meth:`LoraDataset.write_matrix`, whose layout and model names are picked up), a list
-            of such shards, a LoraDataset, a RowMatrix, or a tensor/array in memory.
+            of such shards, a LoraDataset, a collected run (:func:`open_run_rows`), a RowMatrix,
+            or a tensor/array in memory.
         n_components: K, at most ``min(N - 1, D)``.
         oversample: extra sketch columns (l = K + oversample).
         n_iter: power iterations (each is one multiplication by G).
-        seed: seed of the Gaussian test matrix; the fit is deterministic for a given seed.
+        seed: seed of the Gaussian test matrix; the fit is deterministic for a given seed (and
+            the same on any number of ranks, up to float32 rounding).
         std_floor: see :func:`column_statistics`.
         memory: bytes of row blocks held at once (panel + inner block for the Gram cache).
-        gram_memory: cache G (float32) in memory when ``4 N^2`` bytes fit; 0 forces the two-pass operator.
+        gram_memory: cache G (float32) in memory when ``4 N^2`` bytes fit; 0 forces the two-pass
+            operator (always used under torch.distributed with more than one rank).
         basis_dtype: storage dtype of the basis (float32, or float16/bfloat16 to halve it).
         device: where the GEMMs run ("cpu" or a CUDA device); blocks are read on the host.
-        layout, names: override what the source's metadata says.
-        show_progress: progress bars (default: the global setting).
+        layout, names, attributes: override what the source's metadata says.
+        show_progress: progress bars (default: the global setting; rank 0 only).
+
+    Memory: one row block (``memory / 4`` bytes as float32) plus ``W = Z^T Q`` (``[D, l]``), the
+    basis (``[D, K]``) and ``[N, l]`` sketches and ``[N, K]`` coefficients, plus the ``[N, N]``
+    Gram cache only when it fits ``gram_memory``.
 
     Returns:
-        A :class:`WeightSpace` with the training models' coefficients ``U S``.
+        A :class:`WeightSpace` with the training models' coefficients ``U S`` (identical on every rank).
     """
     rows = open_rows(source)
     count, dims = rows.shape
@@ -268,13 +349,16 @@ def fit_streaming(
             f"vision_kernels.weightspace: 'oversample' and 'n_iter' must be >= 0, got {oversample}, {n_iter}"
         )
     device = torch.device(device)
+    ranks = distributed.current()
     block_rows = _block_rows(dims, memory, 0.25)
-    stats = column_statistics(rows, std_floor=std_floor, block_rows=block_rows, show_progress=show_progress)
+    blocks = distributed.owned(_ranges(count, block_rows), ranks)  # this rank's row blocks
+    stats = column_statistics(rows, std_floor=std_floor, blocks=blocks, show_progress=show_progress)
+    _check_spread(stats, count)
     z = _Standardized(rows, stats, device, torch.float32)
     width = min(n_components + oversample, count)
     generator = torch.Generator().manual_seed(seed)
-    omega = torch.randn((count, width), generator=generator).to(device)  # [N, l] float32
-    cached = 4 * count * count <= gram_memory
+    omega = torch.randn((count, width), generator=generator).to(device)  # [N, l] float32, same on every rank
+    cached = 4 * count * count <= gram_memory and ranks.world == 1
 
     if cached:
         gram = _gram(z, count, memory, show_progress)
@@ -285,9 +369,9 @@ def fit_streaming(
     else:
 
         def apply(q: Tensor, what: str) -> Tensor:
-            return _apply_streaming(z, q, block_rows, show_progress, what)
+            return _apply_streaming(z, q, blocks, show_progress, what)
 
-    q = _orthonormal(apply(omega, "range finder"))
+    q = _orthonormal(apply(omega, "range finder"))  # [N, l]
     for iteration in range(n_iter):
         q = _orthonormal(apply(q, f"power iteration {iteration + 1}/{n_iter}"))
 
@@ -296,26 +380,28 @@ def fit_streaming(
         values, vectors = torch.linalg.eigh((small + small.T) / 2)
         order = values.argsort(descending=True)[:n_components]
         values, u = values[order].clamp(min=0), q @ vectors[:, order].float()  # [k], [N, k]
-        signs = _flip_signs(u)
-        u = u * signs
         singular = values.sqrt()
-        inverse = (1 / singular.clamp(min=1e-300)).float()
-        basis = _basis_from_u(z, u, inverse, block_rows, show_progress)
-        coefficients = (gram @ u) * inverse  # exact Z V = G U S^-1
+        _check_rank(singular, n_components)
+        u = u * _flip_signs(u)
+        inverse = (1 / singular).float()
+        basis = _basis_from_u(z, u, inverse, block_rows, show_progress)  # [D, k]
+        coefficients = (gram @ u) * inverse  # [N, k] exact Z V = G U S^-1
     else:
-        w = torch.zeros((dims, width), dtype=torch.float32, device=device)  # Z^T Q
-        for a, b in progress(_ranges(count, block_rows), desc="final pass: Z^T Q", enabled=show_progress):
+        w = torch.zeros((dims, width), dtype=torch.float32, device=device)  # [D, l] = Z^T Q
+        for a, b in progress(blocks, desc="final pass: Z^T Q", enabled=show_progress):
             w.addmm_(z.block(a, b).T, q[a:b])
+        distributed.all_reduce_sum(w)
         small = (w.T @ w).to(torch.float64)  # [l, l] = Q^T G Q
         values, vectors = torch.linalg.eigh((small + small.T) / 2)
         order = values.argsort(descending=True)[:n_components]
         values, vectors = values[order].clamp(min=0), vectors[:, order]
-        vectors = vectors.float()
-        signs = _flip_signs(q @ vectors)
-        vectors = vectors * signs
         singular = values.sqrt()
-        basis = w @ (vectors * (1 / singular.clamp(min=1e-300)).float())  # [D, k] = Z^T Q W S^-1
-        coefficients = _coefficients_streaming(z, basis, block_rows, show_progress)
+        _check_rank(singular, n_components)
+        vectors = vectors.float()
+        vectors = vectors * _flip_signs(q @ vectors)
+        basis = w @ (vectors * (1 / singular).float())  # [D, k] = Z^T Q W S^-1
+        del w
+        coefficients = _coefficients_streaming(z, basis, blocks, show_progress)  # [N, k]
 
     meta_layout, meta_names = _metadata_names(rows)
     return WeightSpace(
@@ -328,6 +414,7 @@ def fit_streaming(
         layout=layout or meta_layout,
         coefficients=coefficients.float().cpu(),
         names=names or meta_names,
+        attributes=attributes if attributes is not None else getattr(rows, "attributes", None),
         info={
             "method": "streaming randomized PCA" + (" (Gram cache)" if cached else " (two-pass operator)"),
             "n_iter": n_iter,
@@ -335,16 +422,20 @@ def fit_streaming(
             "seed": seed,
             "std_floor": stats.floor,
             "floored_dimensions": stats.floored,
+            "ranks": ranks.world,
         },
     )
 
 
-def _coefficients_streaming(z: _Standardized, basis: Tensor, block_rows: int, show_progress: bool | None) -> Tensor:
+def _coefficients_streaming(
+    z: _Standardized, basis: Tensor, blocks: list[tuple[int, int]], show_progress: bool | None
+) -> Tensor:
+    """``Z V`` ([N, k] float64): each rank fills its rows, summed over ranks (zeros elsewhere)."""
     count = z.rows.shape[0]
-    out = torch.empty((count, basis.shape[1]), dtype=torch.float64, device=basis.device)
-    for a, b in progress(_ranges(count, block_rows), desc="coefficients: Z V", enabled=show_progress):
+    out = torch.zeros((count, basis.shape[1]), dtype=torch.float64, device=basis.device)
+    for a, b in progress(blocks, desc="coefficients: Z V", enabled=show_progress):
         out[a:b] = (z.block(a, b) @ basis).to(torch.float64)
-    return out
+    return distributed.all_reduce_sum(out)
 
 
 def fit_exact(
@@ -374,6 +465,7 @@ def fit_exact(
         )
     block_rows = _block_rows(dims, memory, 0.125)
     stats = column_statistics(rows, std_floor=std_floor, block_rows=block_rows, show_progress=show_progress)
+    _check_spread(stats, count)
     z = _Standardized(rows, stats, torch.device("cpu"), torch.float64)
     gram = _gram(z, count, memory // 2, show_progress)
     values, vectors = torch.linalg.eigh(gram)
@@ -381,7 +473,8 @@ def fit_exact(
     values, u = values[order].clamp(min=0), vectors[:, order]
     u = u * _flip_signs(u)
     singular = values.sqrt()
-    basis = _basis_from_u(z, u, 1 / singular.clamp(min=1e-300), block_rows, show_progress)
+    _check_rank(singular, n_components)
+    basis = _basis_from_u(z, u, 1 / singular, block_rows, show_progress)
     meta_layout, meta_names = _metadata_names(rows)
     return WeightSpace(
         mean=stats.mean.float(),
@@ -393,6 +486,7 @@ def fit_exact(
         layout=layout or meta_layout,
         coefficients=(u * singular).float(),
         names=names or meta_names,
+        attributes=getattr(rows, "attributes", None),
         info={"method": "exact Gram eigendecomposition", "std_floor": stats.floor, "floored_dimensions": stats.floored},
     )
 

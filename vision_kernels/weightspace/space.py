@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._files import atomic_path
 from ..ops._checks import ArgCheck
 from ..ops.pca import pca_project, pca_reconstruct
 from .adapters import LoraAdapter, read_adapter, write_adapter
@@ -40,6 +41,8 @@ class WeightSpace:
         coefficients: ``[N, K]`` coordinates of the training models, or None.
         names: names of the training models, or None.
         info: how the space was fitted (method, seed, std floor, ...).
+        attributes: ``{name: [N] float64}`` per-model attribute values of the training models
+            (NaN where unknown), from which edit directions are fitted; or None.
     """
 
     mean: Tensor
@@ -52,6 +55,7 @@ class WeightSpace:
     coefficients: Tensor | None = None
     names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         check = ArgCheck("vision_kernels.weightspace.WeightSpace")
@@ -73,6 +77,8 @@ class WeightSpace:
             check.shape(self.coefficients, "coefficients", (self.n_models, components), "[N, K]")
         if self.names is not None and len(self.names) != self.n_models:
             check.fail("names", f"must have {self.n_models} entries, got {len(self.names)}")
+        for name, values in (self.attributes or {}).items():
+            check.shape(values, f"attributes[{name!r}]", (self.n_models,), "[N]")
 
     # ------------------------------------------------------------ sizes and statistics
 
@@ -204,6 +210,8 @@ class WeightSpace:
         }
         if self.coefficients is not None:
             tensors["coefficients"] = self.coefficients.detach().cpu().contiguous()
+        for name, values in (self.attributes or {}).items():
+            tensors[_ATTRIBUTE + name] = values.detach().to("cpu", torch.float64).contiguous()
         metadata = {
             "format": FORMAT,
             "n_models": str(self.n_models),
@@ -215,32 +223,131 @@ class WeightSpace:
         if self.names is not None:
             metadata["names"] = json.dumps(self.names)
         path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ValueError(
+                "vision_kernels.weightspace.WeightSpace.save: argument 'path' must end in .safetensors, "
+                f"got {str(path)!r}"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=metadata)
+        # Written beside the target, fsync'ed and renamed: the previous file survives a crash or a
+        # SIGKILL, and a killed save's temporary is removed by the next save into this folder.
+        with atomic_path(path, function="vision_kernels.weightspace.WeightSpace.save") as temporary:
+            save_file(tensors, str(temporary), metadata=metadata)
         return path
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> WeightSpace:
-        """Load a space written by :meth:`save`."""
-        from safetensors import safe_open
+        """Load a space written by :meth:`save`.
 
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise ValueError(
-                    f"vision_kernels.weightspace.WeightSpace.load: {path} is not a saved weight space "
-                    f"(format {metadata.get('format')!r})"
-                )
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        return cls(
-            mean=tensors["mean"],
-            std=tensors["std"],
-            basis=tensors["basis"],
-            singular_values=tensors["singular_values"],
-            n_models=int(metadata["n_models"]),
-            total_variance=float(metadata["total_variance"]),
-            layout=LoraLayout.from_json(metadata["layout"]) if "layout" in metadata else None,
-            coefficients=tensors.get("coefficients"),
-            names=json.loads(metadata["names"]) if "names" in metadata else None,
-            info=json.loads(metadata.get("info", "{}")),
-        )
+        Nothing in the file is trusted: a file that is not a readable safetensors file, a missing or
+        extra tensor, a dtype or shape that disagrees with the metadata (``n_models``, the layout's
+        dimension, the number of components) or damaged metadata raises one ValueError naming the
+        file and the field.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        function = "vision_kernels.weightspace.WeightSpace.load"
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{function}: no weight space file {str(path)!r}" + (" (it is a folder)" if path.is_dir() else "")
+            )
+
+        def fail(field: str, message: str) -> ValueError:
+            return ValueError(f"{function}: {str(path)!r}: field '{field}' {message}")
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                metadata = handle.metadata() or {}
+                if metadata.get("format") != FORMAT:
+                    raise ValueError(
+                        f"{function}: {str(path)!r} is not a saved weight space (format {metadata.get('format')!r})"
+                    )
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except SafetensorError as error:
+            raise ValueError(f"{function}: {str(path)!r} is not a readable safetensors file ({error})") from None
+        except OSError as error:
+            raise ValueError(f"{function}: cannot read {str(path)!r} ({error})") from None
+        fields = _checked_fields(tensors, metadata, fail)
+        try:
+            space = cls(**fields)
+        except ValueError as error:  # e.g. a non-finite mean or a zero std in the file
+            raise ValueError(f"{function}: {str(path)!r}: {error}") from None
+        return space.to(device) if torch.device(device).type != "cpu" else space
+
+
+_ATTRIBUTE = "attribute."
+_REQUIRED = ("mean", "std", "basis", "singular_values")
+
+
+def _checked_fields(tensors: dict[str, Tensor], metadata: dict[str, str], fail: Any) -> dict[str, Any]:
+    """The constructor arguments of a saved space, each checked against the others and the metadata."""
+    for name in _REQUIRED:
+        if name not in tensors:
+            raise fail(name, "is missing")
+    known = {*_REQUIRED, "coefficients"}
+    for name in tensors:
+        if name not in known and not name.startswith(_ATTRIBUTE):
+            raise fail(name, "is not a weight-space tensor")
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise fail(name, f"must be a floating-point tensor, got {tensor.dtype}")
+    basis = tensors["basis"]
+    if basis.dim() != 2 or basis.shape[1] == 0:
+        raise fail("basis", f"must be a [D, K] matrix with K >= 1, got shape {list(basis.shape)}")
+    dims, components = (int(s) for s in basis.shape)
+    try:
+        n_models = int(metadata["n_models"])
+        total_variance = float(metadata["total_variance"])
+    except KeyError as error:
+        raise fail(str(error.args[0]), "is missing from the metadata") from None
+    except ValueError:
+        raise fail("n_models/total_variance", "must be numbers in the metadata") from None
+    if n_models < 2:
+        raise fail("n_models", f"must be >= 2, got {n_models}")
+    if not (math.isfinite(total_variance) and total_variance > 0):
+        raise fail("total_variance", f"must be a finite number > 0, got {total_variance}")
+    expected = {
+        "mean": (dims,),
+        "std": (dims,),
+        "singular_values": (components,),
+        "coefficients": (n_models, components),
+    }
+    for name, shape in expected.items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise fail(name, f"must have shape {list(shape)} (from basis {list(basis.shape)} and n_models), "
+                       f"got {list(tensors[name].shape)}")  # fmt: skip
+    try:
+        layout = LoraLayout.from_json(metadata["layout"]) if "layout" in metadata else None
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise fail("layout", f"is damaged ({error})") from None
+    if layout is not None and layout.dim != dims:
+        raise fail("layout", f"describes {layout.dim} dimensions, the basis has {dims}")
+    try:
+        names = json.loads(metadata["names"]) if "names" in metadata else None
+        info = json.loads(metadata.get("info", "{}"))
+    except json.JSONDecodeError as error:
+        raise fail("names/info", f"is not valid JSON ({error})") from None
+    if names is not None and (not isinstance(names, list) or len(names) != n_models):
+        raise fail("names", f"must be a list of {n_models} names, got {type(names).__name__} of {len(names)}")
+    if not isinstance(info, dict):
+        raise fail("info", "must be a JSON object")
+    attributes = {}
+    for key, values in tensors.items():
+        if key.startswith(_ATTRIBUTE):
+            if tuple(values.shape) != (n_models,):
+                raise fail(key, f"must have shape [{n_models}], got {list(values.shape)}")
+            attributes[key[len(_ATTRIBUTE) :]] = values.double()
+    return dict(
+        mean=tensors["mean"],
+        std=tensors["std"],
+        basis=basis,
+        singular_values=tensors["singular_values"],
+        n_models=n_models,
+        total_variance=total_variance,
+        layout=layout,
+        coefficients=tensors.get("coefficients"),
+        names=[str(n) for n in names] if names is not None else None,
+        info=info,
+        attributes=attributes or None,
+    )

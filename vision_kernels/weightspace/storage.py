@@ -15,6 +15,7 @@ raw data; ``.npy`` is numpy's header followed by the C-ordered array.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._files import atomic_open, atomic_path
 
 __all__ = ["RowMatrix", "TensorRows", "FileRows", "ConcatRows", "MatrixWriter", "open_rows"]
 
@@ -97,6 +100,8 @@ class FileRows:
             raise FileNotFoundError(f"vision_kernels.weightspace: no weight matrix file {self.path}")
         if sys.byteorder != "little":
             raise RuntimeError("vision_kernels.weightspace: reading weight matrices needs a little-endian machine")
+        if self.path.stat().st_size == 0:
+            raise ValueError(f"vision_kernels.weightspace: weight matrix file {self.path} is empty (0 bytes)")
         if self.path.suffix == ".safetensors":
             self._open_safetensors(name)
         elif self.path.suffix == ".npy":
@@ -112,15 +117,32 @@ class FileRows:
             )
 
     def _open_safetensors(self, name: str | None) -> None:
+        where = f"vision_kernels.weightspace: {self.path} is not a safetensors file"
         with open(self.path, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > _HEADER_LIMIT:
-                raise ValueError(
-                    f"vision_kernels.weightspace: {self.path} is not a safetensors file (header size {length})"
-                )
-            header = json.loads(handle.read(length))
-        self.metadata = {str(k): str(v) for k, v in header.pop("__metadata__", {}).items()}
-        matrices = {k: v for k, v in header.items() if len(v["shape"]) == 2}
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise ValueError(f"{where} (only {len(prefix)} bytes)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > _HEADER_LIMIT or 8 + length > self.path.stat().st_size:
+                raise ValueError(f"{where} (header size {length})")
+            try:
+                header = json.loads(handle.read(length))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(f"{where} (its header is not JSON: {error})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{where} (its header is not a JSON object)")
+        metadata = header.pop("__metadata__", None) or {}
+        self.metadata = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+        try:
+            matrices = {
+                k: v
+                for k, v in header.items()
+                if len(v["shape"]) == 2 and len(v["data_offsets"]) == 2 and all(int(s) >= 0 for s in v["shape"])
+            }
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(
+                f"{where} (damaged header: tensor entries need 'dtype', 'shape', 'data_offsets')"
+            ) from None
         if name is None:
             if len(matrices) == 1:
                 name = next(iter(matrices))
@@ -141,13 +163,26 @@ class FileRows:
             )
         self._dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
         self._shape = (int(entry["shape"][0]), int(entry["shape"][1]))
-        self._offset = 8 + length + int(entry["data_offsets"][0])
+        begin, end = (int(o) for o in entry["data_offsets"])
+        itemsize = torch.empty((), dtype=self._dtype).element_size()
+        if end - begin != self._shape[0] * self._shape[1] * itemsize:
+            raise ValueError(
+                f"vision_kernels.weightspace: {self.path}: tensor '{name}' of shape {list(self._shape)} "
+                f"{entry['dtype']} needs {self._shape[0] * self._shape[1] * itemsize} bytes, "
+                f"its data_offsets span {end - begin}"
+            )
+        self._offset = 8 + length + begin
 
     def _open_npy(self) -> None:
         with open(self.path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = reader(handle)
+            try:
+                version = np.lib.format.read_magic(handle)
+                reader = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran_order, dtype = reader(handle)
+            except (ValueError, SyntaxError, TypeError) as error:
+                raise ValueError(f"vision_kernels.weightspace: {self.path} is not a .npy file ({error})") from None
             self._offset = handle.tell()
         if fortran_order or len(shape) != 2 or dtype.str not in _NUMPY_DTYPES:
             raise ValueError(
@@ -157,7 +192,17 @@ class FileRows:
         self._dtype = _NUMPY_DTYPES[dtype.str]
         self._shape = (int(shape[0]), int(shape[1]))
         side = self.path.with_name(self.path.name + ".json")
-        self.metadata = json.loads(side.read_text()) if side.is_file() else {}
+        self.metadata = {}
+        if side.is_file():
+            try:
+                loaded = json.loads(side.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(
+                    f"vision_kernels.weightspace: metadata file {side} is not valid JSON ({error})"
+                ) from None
+            if not isinstance(loaded, dict):
+                raise ValueError(f"vision_kernels.weightspace: metadata file {side} must hold a JSON object")
+            self.metadata = {str(k): str(v) for k, v in loaded.items()}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -222,10 +267,15 @@ class ConcatRows:
 
 
 def open_rows(source: Any) -> RowMatrix:
-    """A RowMatrix from a tensor/array, a file path, a list of files, a LoraDataset or a RowMatrix."""
+    """A RowMatrix from a tensor/array, a file path, a ``w2w collect`` run folder, a list of files, a
+    LoraDataset or a RowMatrix."""
     if isinstance(source, torch.Tensor | np.ndarray):
         return TensorRows(source)
     if isinstance(source, str | os.PathLike):
+        if Path(source).is_dir():  # a run folder written by ``w2w collect``
+            from .collect import open_run_rows
+
+            return open_run_rows(source)
         return FileRows(source)
     if isinstance(source, list | tuple):
         return ConcatRows([open_rows(s) for s in source])
@@ -241,7 +291,10 @@ class MatrixWriter:
     """Write an ``[N, D]`` matrix to ``.safetensors`` (tensor ``"weights"``) or ``.npy`` block by block.
 
     Use as a context manager; :meth:`append` takes row blocks in order, and closing checks that
-    exactly N rows were written.
+    exactly N rows were written. The rows go to a temporary file beside ``path`` that replaces it
+    only when all N rows are in (``vision_kernels._files.atomic_path``): an existing matrix under
+    that name survives an error, an interruption or a SIGKILL; a killed writer's temporary is
+    removed by the next save into that folder.
     """
 
     def __init__(
@@ -252,40 +305,47 @@ class MatrixWriter:
         dtype: torch.dtype = torch.float32,
         metadata: dict[str, str] | None = None,
     ) -> None:
+        function = "vision_kernels.weightspace.MatrixWriter"
         self.path = Path(path)
         self.rows, self.dims, self.dtype = rows, dims, dtype
         self.metadata = dict(metadata or {})
         self.written = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "wb")  # noqa: SIM115 (closed in close())
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if self.path.suffix == ".safetensors":
-            if dtype not in _SAFETENSORS_NAMES:
-                raise TypeError(f"vision_kernels.weightspace: cannot store {dtype} in safetensors")
-            header: dict[str, Any] = {
-                "weights": {
-                    "dtype": _SAFETENSORS_NAMES[dtype],
-                    "shape": [rows, dims],
-                    "data_offsets": [0, rows * dims * itemsize],
-                }
-            }
-            if self.metadata:
-                header["__metadata__"] = self.metadata
-            text = json.dumps(header, separators=(",", ":")).encode()
-            text += b" " * (-len(text) % 8)
-            self._handle.write(struct.pack("<Q", len(text)) + text)
-        elif self.path.suffix == ".npy":
-            numpy_dtype = {torch.float32: "<f4", torch.float64: "<f8", torch.float16: "<f2"}.get(dtype)
-            if numpy_dtype is None:
-                raise TypeError(f"vision_kernels.weightspace: cannot store {dtype} in .npy (use .safetensors)")
-            np.lib.format.write_array_header_2_0(
-                self._handle, {"descr": numpy_dtype, "fortran_order": False, "shape": (rows, dims)}
-            )
-            if self.metadata:
-                self.path.with_name(self.path.name + ".json").write_text(json.dumps(self.metadata))
-        else:
-            self._handle.close()
+        if self.path.suffix not in (".safetensors", ".npy"):
             raise ValueError(f"vision_kernels.weightspace: weight matrix {self.path} must be .safetensors or .npy")
+        for name, value in (("rows", rows), ("dims", dims)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{function}: argument '{name}' must be an integer >= 0, got {value!r}")
+        numpy_dtype = {torch.float32: "<f4", torch.float64: "<f8", torch.float16: "<f2"}.get(dtype)
+        if self.path.suffix == ".safetensors" and dtype not in _SAFETENSORS_NAMES:
+            raise TypeError(f"vision_kernels.weightspace: cannot store {dtype} in safetensors")
+        if self.path.suffix == ".npy" and numpy_dtype is None:
+            raise TypeError(f"vision_kernels.weightspace: cannot store {dtype} in .npy (use .safetensors)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stack = contextlib.ExitStack()
+        temporary = self._stack.enter_context(atomic_path(self.path, function=function))
+        self._handle = self._stack.enter_context(open(temporary, "wb"))
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        try:
+            if self.path.suffix == ".safetensors":
+                header: dict[str, Any] = {
+                    "weights": {
+                        "dtype": _SAFETENSORS_NAMES[dtype],
+                        "shape": [rows, dims],
+                        "data_offsets": [0, rows * dims * itemsize],
+                    }
+                }
+                if self.metadata:
+                    header["__metadata__"] = self.metadata
+                text = json.dumps(header, separators=(",", ":")).encode()
+                text += b" " * (-len(text) % 8)
+                self._handle.write(struct.pack("<Q", len(text)) + text)
+            else:
+                np.lib.format.write_array_header_2_0(
+                    self._handle, {"descr": numpy_dtype, "fortran_order": False, "shape": (rows, dims)}
+                )
+        except BaseException:
+            self._abort()
+            raise
 
     def append(self, block: Tensor) -> None:
         if block.dim() == 1:
@@ -302,12 +362,23 @@ class MatrixWriter:
         self._handle.write(data.view(torch.uint8).numpy().data.cast("B"))
         self.written += block.shape[0]
 
+    def _abort(self) -> None:
+        """Drop the temporary; the file under the final name (if any) is left as it was."""
+        error = RuntimeError("aborted")
+        self._stack.__exit__(type(error), error, None)
+
     def close(self) -> None:
+        """Finish: check the row count, then move the matrix (and its ``.npy.json`` side file) in place."""
         if self._handle.closed:
             return
-        self._handle.close()
         if self.written != self.rows:
+            self._abort()
             raise ValueError(f"vision_kernels.weightspace: {self.path} got {self.written} rows, {self.rows} declared")
+        self._handle.flush()
+        self._stack.close()  # closes the handle, fsyncs and renames the temporary over self.path
+        if self.path.suffix == ".npy" and self.metadata:
+            with atomic_open(self.path.with_name(self.path.name + ".json"), "w", encoding="utf-8") as side:
+                json.dump(self.metadata, side)
 
     def __enter__(self) -> MatrixWriter:
         return self
@@ -315,5 +386,5 @@ class MatrixWriter:
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         if kind is None:
             self.close()
-        else:
-            self._handle.close()
+        elif not self._handle.closed:
+            self._abort()
