@@ -20,6 +20,7 @@ naming the argument and exit status 2 before any work; see docs/patch_runs.md.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from torch import Tensor
 from .._cli import (
     UsageError,
     existing_file,
-    finite_float,
     nonnegative_float,
     output_file,
     output_folder,
@@ -62,12 +62,25 @@ SETTINGS = {
 # ------------------------------------------------------------------ argument types (argparse type=)
 
 
+def _bounded_float(text: str, low: float, inclusive: bool) -> float:
+    what = f"a finite number {'>=' if inclusive else '>'} {low:g}"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
 def above_one(text: str) -> float:
     """argparse type: a finite number > 1 (a pyramid ratio)."""
-    value = finite_float(text)
-    if value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 1, got {text!r}")
-    return value
+    return _bounded_float(text, 1.0, inclusive=False)
+
+
+def at_least_one(text: str) -> float:
+    """argparse type: a finite number >= 1 (a temporal pyramid ratio; 1 = no temporal downscaling)."""
+    return _bounded_float(text, 1.0, inclusive=True)
 
 
 def seed_value(text: str) -> int:

@@ -40,7 +40,7 @@ from .._cli import (
     run_handler,
 )
 from .batch import Job, OneLineParser, expand_inputs, plan_jobs, run_jobs
-from .cli import above_one, seed_value, settings_changes
+from .cli import above_one, at_least_one, seed_value, settings_changes
 from .video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 __all__ = ["add_parser", "main"]
@@ -62,14 +62,6 @@ SETTINGS = {
     "pm_iterations": "patchmatch_iterations",
     "reduction": "reduction",
 }
-
-
-def at_least_one(text: str) -> float:
-    """argparse type: a finite number >= 1 (a temporal pyramid ratio; 1 = no temporal downscaling)."""
-    value = nonnegative_float(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 1, got {text!r}")
-    return value
 
 
 def video_output(text: str) -> Path:
