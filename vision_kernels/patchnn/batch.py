@@ -198,7 +198,10 @@ def run_jobs(
                 continue
             done += 1
             distributed.log(f"{command}: wrote {job.output} ({what}, {time.perf_counter() - started:.1f} s)", ranks)
-        distributed.log(f"{command}: {done} written, {skipped} skipped (already there), {len(failures)} failed", ranks)
+        distributed.log(
+            f"{command}: {done} written, {skipped} skipped, {len(failures)} failed (skipped: outputs already there)",
+            ranks,
+        )
         all_ok = distributed.all_ranks_ok(not failures)
     finally:
         if joined:
