@@ -224,6 +224,7 @@ def test_cli_on_image_files(tmp_path: Path, cat, skimage_image) -> None:
     vision_kernels.set_progress(False)
     source = write_image(tmp_path / "cat.png", cat)
     other = write_image(tmp_path / "coffee.png", skimage_image("coffee", 30))
+    edited = write_image(tmp_path / "edited.png", cat.flip(1))  # an edit keeps the source's size
     hole = torch.zeros(36, 54, dtype=torch.bool)
     hole[10:20, 10:22] = True
     mask = write_mask(tmp_path / "hole.png", hole)
@@ -234,7 +235,7 @@ def test_cli_on_image_files(tmp_path: Path, cat, skimage_image) -> None:
         "ana.png": ["analogy", str(source), str(other)],
         "inp.png": ["inpaint", str(source), str(mask)],
         "col.png": ["collage", str(source), str(other)],
-        "edit.png": ["edit", str(source), str(other), "--search", "patchmatch"],
+        "edit.png": ["edit", str(source), str(edited), "--search", "patchmatch"],
     }
     for name, argv in runs.items():
         assert cli_main(["gpnn", *argv, "-o", str(tmp_path / name), *common]) == 0

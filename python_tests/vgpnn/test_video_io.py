@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vision_kernels.patchnn.video_io as video_io
+from vision_kernels._files import is_temporary_name
 from vision_kernels.cli import main as cli_main
 from vision_kernels.patchnn import read_video, read_video_mask, write_frame_strip, write_video
 
@@ -20,7 +21,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if ".partial-" in p.name]
+    return [p.name for p in folder.iterdir() if is_temporary_name(p.name)]
 
 
 def test_folder_round_trip_is_exact(tmp_path: Path, video) -> None:

@@ -4,18 +4,19 @@ frame rate.
 Inputs: video containers PyAV decodes (mp4, mov, mkv, avi, webm, ...), animated GIFs (Pillow),
 and folders of frame images (sorted by the numbers in their names: ``1.png, 2.png, ..., 10.png``).
 Frames are decoded one at a time as uint8 and converted into one preallocated float32 tensor, so a
-video is never held as float64. Outputs are written atomically: to a temporary name in the target
-folder first, renamed onto the target only once complete, so an interrupted or failed write never
-leaves a file that looks like a finished result.
+video is never held as float64. A single image (PNG, JPEG, ...) is not a video: :func:`read_video`
+refuses it. Outputs are written atomically (:mod:`vision_kernels._files`): to a temporary name in
+the target folder first, fsync'ed and renamed onto the target only once complete (a folder of
+frames is swapped in whole), so an interrupted, failed or killed write never leaves a file that
+looks like a finished result, and the temporaries of killed writes are removed by the next save.
+NaN/Inf frames are refused before anything is written. PyAV (the ``[video]`` extra) is needed for
+video containers only; GIFs and frame folders use Pillow.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._files import atomic_folder, atomic_path
+from .._optional import MissingDependencyError, require
 
 __all__ = [
     "read_video",
@@ -79,10 +83,26 @@ def _decode_gif(path: Path) -> tuple[Iterator[np.ndarray], float | None]:
     return frames(), (1000.0 / duration if duration else None)
 
 
+# FFmpeg demuxers of still images: a PNG/JPEG opened by PyAV is a one-frame "video".
+_STILL_IMAGE_DEMUXERS = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "tiff_pipe", "webp_pipe", "gif_pipe")
+
+
+def _still_image(function: str, path: Path) -> ValueError:
+    return _fail(
+        function,
+        path,
+        "it is a single image, not a video; give a video file, an animated GIF or a folder of frame images",
+    )
+
+
 def _decode_av(path: Path) -> tuple[Iterator[np.ndarray], float | None]:
-    import av
+    av = require("av", feature="vision_kernels.patchnn.read_video")
 
     container = av.open(str(path))
+    demuxers = set(str(getattr(container.format, "name", "")).split(","))
+    if demuxers & set(_STILL_IMAGE_DEMUXERS):
+        container.close()
+        raise _StillImage
     if not container.streams.video:
         container.close()
         raise ValueError("it has no video stream")
@@ -97,11 +117,17 @@ def _decode_av(path: Path) -> tuple[Iterator[np.ndarray], float | None]:
     return frames(), (float(rate) if rate else None)
 
 
+class _StillImage(Exception):
+    """Raised by a decoder that finds a still image where a video was expected."""
+
+
 def _decoder(path: Path, function: str) -> Callable[[Path], tuple[Iterator[np.ndarray], float | None]]:
     if not path.exists():
         raise FileNotFoundError(f"vision_kernels.patchnn.{function}: no such file or folder: {str(path)!r}")
     if path.is_dir():
         return _decode_folder
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise _still_image(function, path)
     if path.suffix.lower() == ".gif":
         return _decode_gif
     return _decode_av
@@ -128,8 +154,9 @@ def read_video(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be decoded, holds no video stream, or yields no frame (after
-            ``start_frame``), or the frames change size.
+        ValueError: the file is a single image (PNG, JPEG, ...), cannot be decoded, holds no video
+            stream, or yields no frame (after ``start_frame``), or the frames change size.
+        MissingDependencyError: a video container without PyAV installed (``[video]`` extra).
     """
     from .pyramid import resize
 
@@ -152,6 +179,10 @@ def read_video(
             if kept and frame.shape != kept[0].shape:
                 raise ValueError(f"frame {i} has shape {frame.shape}, the first frame {kept[0].shape}")
             kept.append(np.array(frame, dtype=np.uint8, order="C"))  # a writable copy
+    except _StillImage:
+        raise _still_image(function, path) from None
+    except MissingDependencyError:
+        raise
     except (ValueError, OSError, EOFError) as error:
         raise _fail(function, path, str(error) or type(error).__name__) from error
     except Exception as error:  # PyAV / Pillow decoder errors have many types
@@ -191,12 +222,8 @@ def frames_to_uint8(video: Tensor | np.ndarray, function: str = "write_video") -
         yield np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
-
-
 def _write_av(path: Path, frames: Iterator[np.ndarray], fps: float) -> None:
-    import av
+    av = require("av", feature="vision_kernels.patchnn.write_video")
 
     codec = _CODECS.get(path.suffix.lower(), "libx264")
     rate = Fraction(fps).limit_denominator(1001)
@@ -235,7 +262,6 @@ def _write_gif(path: Path, frames: Iterator[np.ndarray], fps: float) -> None:
 def _write_folder(folder: Path, frames: Iterator[np.ndarray], count: int) -> None:
     from PIL import Image
 
-    folder.mkdir(parents=True)
     digits = max(5, len(str(count)))
     for t, pixels in enumerate(frames):
         Image.fromarray(pixels).save(folder / f"{t + 1:0{digits}d}.png")
@@ -247,21 +273,30 @@ def write_video(path: str | Path, video: Tensor | np.ndarray, fps: float = DEFAU
     The format follows ``path``: ``.mp4/.mov/.mkv/.m4v`` (H.264, yuv420p, crf 18; odd sides are padded
     by one repeated row/column), ``.avi`` (MPEG-4), ``.webm`` (VP9), ``.gif`` (Pillow, looping;
     GIF stores frame times in 1/100 s), or no suffix: a folder of numbered PNG frames (an existing
-    folder is replaced). Everything is first written under a hidden temporary name in the target's
-    folder and renamed onto ``path`` only when complete; on error the temporary is removed.
+    folder is replaced as a whole). Everything is first written under a hidden temporary name in
+    the target's folder, fsync'ed, and renamed onto ``path`` only when complete; on error the
+    temporary is removed, and temporaries of killed writes are removed by the next save there.
+
+    Raises:
+        ValueError: bad shape, NaN/Inf values, ``fps`` not a positive number, unsupported suffix
+            (all checked before anything is written).
     """
     function = "write_video"
+    where = f"vision_kernels.patchnn.{function}"
     path = Path(path)
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"vision_kernels.patchnn.{function}: argument 'fps' must be a positive number, got {fps}")
+    if not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"{where}: argument 'fps' must be a positive number, got {fps}")
     suffix = path.suffix.lower()
     if suffix and suffix != ".gif" and suffix not in VIDEO_SUFFIXES:
         raise ValueError(
-            f"vision_kernels.patchnn.{function}: unsupported output {str(path)!r}; use one of "
+            f"{where}: unsupported output {str(path)!r}; use one of "
             f"{', '.join(VIDEO_SUFFIXES + ('.gif',))} or a folder name without suffix"
         )
-    count = int(video.shape[0]) if video.ndim >= 1 else 0
-    frames = frames_to_uint8(video, function)
+    array = video.detach() if isinstance(video, Tensor) else torch.from_numpy(np.asarray(video))
+    if array.is_floating_point() and array.dim() == 4 and not bool(torch.isfinite(array).all()):
+        raise ValueError(f"{where}: argument 'video' holds NaN or Inf values")
+    count = int(array.shape[0]) if array.dim() >= 1 else 0
+    frames = frames_to_uint8(array, function)
     first = next(frames)  # validates the shape before anything is created
 
     def all_frames() -> Iterator[np.ndarray]:
@@ -269,28 +304,14 @@ def write_video(path: str | Path, video: Tensor | np.ndarray, fps: float = DEFAU
         yield from frames
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    try:
-        if not suffix:
+    if not suffix:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{where}: {str(path)!r} exists and is not a folder")
+        with atomic_folder(path, function=where) as temporary:
             _write_folder(temporary, all_frames(), count)
-        elif suffix == ".gif":
-            _write_gif(temporary, all_frames(), fps)
-        else:
-            _write_av(temporary, all_frames(), fps)
-        if not suffix and path.exists():
-            if not path.is_dir():
-                raise ValueError(f"vision_kernels.patchnn.{function}: {str(path)!r} exists and is not a folder")
-            old = _temporary(path)
-            path.rename(old)
-            temporary.rename(path)
-            shutil.rmtree(old)
-        else:
-            os.replace(temporary, path)
-    finally:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        elif temporary.exists():
-            temporary.unlink()
+    else:
+        with atomic_path(path, function=where) as temporary:
+            (_write_gif if suffix == ".gif" else _write_av)(temporary, all_frames(), fps)
     return path
 
 
