@@ -145,30 +145,39 @@ def report(cache: dict[str, Any]) -> str:
         if parts[0] != "diversity":
             groups.setdefault((parts[0], int(parts[2])), []).append((parts[1], value))
     lines = [
-        "| setting | size | samples | max identity | mean identity | copies (> 0.2) | diversity (min over "
-        "sources) | mean patch D | D / old non-copied | s per sample (loaded) |",
+        "| setting | size | samples per source | max identity | mean identity | copies (> 0.2) | diversity: mean "
+        "(min) over sources | mean patch D | D / old non-copied: max over sources | s per sample (loaded) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    baseline = {}
+    baseline: dict[tuple[str, int], float] = {}  # (source, size) -> mean D of the old default's non-copies
     for (setting, size), rows in groups.items():
         if setting in ("old", "video-old"):
-            kept = [v["D"] for _, v in rows if v["identity"] <= 0.2]
-            baseline[size] = statistics.mean(kept) if kept else float("nan")
+            for name in {n for n, _ in rows}:
+                kept = [v["D"] for n, v in rows if n == name and v["identity"] <= 0.2]
+                if kept:
+                    baseline[(name, size)] = statistics.mean(kept)
     names = list(SETTINGS) + list(VIDEO_SETTINGS)
     for (setting, size), rows in sorted(groups.items(), key=lambda g: (g[0][1], names.index(g[0][0]))):
         identity = [v["identity"] for _, v in rows]
-        distances = [v["D"] for _, v in rows]
         sources = sorted({name for name, _ in rows})
-        spread = [cache.get(f"diversity|{setting}|{name}|{size}") for name in sources]
-        div = "n/a" if None in spread else f"{statistics.mean(spread):.2f} ({min(spread):.2f})"
-        mean_d = statistics.mean(distances)
-        ratio = mean_d / baseline[size] if size in baseline else float("nan")
+        spread = [cache[k] for name in sources if (k := f"diversity|{setting}|{name}|{size}") in cache]
+        div = "n/a" if not spread else f"{statistics.mean(spread):.2f} ({min(spread):.2f})"
+        if len(spread) < len(sources):
+            div += f" [{len(spread)} of {len(sources)} sources]"
+        mean_d = statistics.mean(v["D"] for _, v in rows)
+        ratios = [
+            statistics.mean(v["D"] for n, v in rows if n == name) / baseline[(name, size)]
+            for name in sources
+            if (name, size) in baseline
+        ]
+        ratio = "n/a" if not ratios else f"{max(ratios):.2f} [{len(ratios)} of {len(sources)} sources]"
         description = (SETTINGS.get(setting) or VIDEO_SETTINGS[setting])[0]
+        counts = ", ".join(f"{name} {sum(n == name for n, _ in rows)}" for name in sources)
         lines.append(
-            f"| {setting}: {description} | {size} | {len(rows)} | {max(identity):.2f} "
+            f"| {setting}: {description} | {size} | {counts} | {max(identity):.2f} "
             f"| {statistics.mean(identity):.2f} "
-            f"| {sum(i > 0.2 for i in identity)} | {div} | {mean_d:.2e} | {ratio:.2f} "
-            f"| {statistics.mean(v['seconds'] for _, v in rows):.1f} |"
+            f"| {sum(i > 0.2 for i in identity)} | {div} | {mean_d:.2e} | {ratio} "
+            f"| {statistics.mean(v['seconds'] for _, v in rows):.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -66,7 +66,8 @@ def video_config(shape: Sequence[int] | None = None, **changes: object) -> GPNNC
     ``pyramid_ratio = temporal_ratio = 1 / 0.85``, ``coarsest = 15`` px, ``coarsest_frames = 3``,
     ``iterations = 5`` (1 at the coarsest level), ``alpha = None``, ``noise_std = 2.5`` (per channel)
     with ``initial_guess = "noise"`` (noise alone; the official code adds it to the coarsest input
-    level, ``"source"``, which returned the input for some seeds), ``search = "auto"`` (``exact_limit`` 1e9), ``reduction = "median"``; ``changes`` override any of them.
+    level, ``"source"``, which returned the input for some seeds), ``search = "auto"``
+    (``exact_limit`` 1e9), ``reduction = "median"``; ``changes`` override any of them.
     """
     patch = VIDEO_PATCH
     if shape is not None and math.prod(int(s) for s in shape[:3]) > LARGE_VIDEO_VOXELS:
