@@ -59,6 +59,17 @@ class GPNNConfig:
             Efficient-GPNN's ``init_from="zeros"``) or ``"source"`` (the coarsest source level plus
             noise, the official GPNN code's, and this package's default before issue 15). With
             ``"source"`` many samples are the source itself; see "Why samples collapse" below.
+        search: ``"exact"`` (exact kernel), ``"patchmatch"`` (approximate), ``"faiss"``
+            (``alpha=None`` only) or ``"auto"`` (exact while a level's brute-force work is within
+            ``exact_limit``, else PatchMatch; chosen per level and logged, see
+            :func:`vision_kernels.patchnn.search.choose_search`). ``"auto"`` is the recommended
+            fast mode: on a 250-px image it searches the three finest levels with PatchMatch, ~6x
+            faster than exact, with samples ~2-3 % farther from the source's patches (mean
+            nearest-patch distance); PatchMatch on every level loses more (benchmark ``patch_nn``).
+        exact_limit: brute-force multiply-adds ``Nq * Nk * n`` up to which ``search="auto"`` is exact.
+        patchmatch_iterations: PatchMatch steps per search (warm-started across PNN steps).
+        reduction: voting reduction, ``"mean"``, ``"gaussian"`` or ``"median"``.
+        progress: show a progress bar (None: the global vision_kernels setting).
 
     Why samples collapse onto the source (issue 15; figures in ``docs/gpnn_diversity.md``). With the
     ``"source"`` start, seed 0 of astronaut and of chelsea at 128 px came back as the source exactly
@@ -71,12 +82,13 @@ class GPNNConfig:
       own position, these identity patches agree where they overlap, and the identity arrangement is
       a fixed point of the PNN step (a patch at home finds itself at ``D = 0``) that every finer
       level inherits and spreads. Starting from noise alone removes the pull: no sample measured
-      had an identity fraction above 0.01.
+      (images, 36 to 250 px) had an identity fraction above 0.02.
     * Steps at the coarsest level: each further step moves the output closer to that fixed point
       (4 of 6 samples of 80-px images were copies with 10 steps, none with 1), hence
       ``coarsest_iterations = 1`` in :func:`~vision_kernels.patchnn.generate`.
     * Coarsest size against the patch: at 14 px a 7x7 patch covers half the shorter side, so there
-      are only 8 positions per column to re-arrange, and little room to leave the identity.
+      are only 8 positions per column to re-arrange, and little room to leave the identity (an
+      argument; ``coarsest`` was not varied in the measurements).
     * Noise level: a larger ``noise_std`` with the ``"source"`` start lowers the pull (1.5 on
       36-px astronaut: identities at most 0.13 instead of up to 0.73) but keeps some of it.
     * ``alpha`` is on the scale of ``D`` here (mean squared difference), where 0.005 is several
@@ -84,17 +96,6 @@ class GPNNConfig:
       official code normalizes the Euclidean distance of the patch vector, ``sqrt(n_values D)``,
       by ``alpha = 0.005`` on that scale, a far stronger completeness term. Completeness does not
       oppose copying (the identity uses every key once); ``alpha`` was left at 0.005.
-        search: ``"exact"`` (exact kernel), ``"patchmatch"`` (approximate), ``"faiss"``
-            (``alpha=None`` only) or ``"auto"`` (exact while a level's brute-force work is within
-            ``exact_limit``, else PatchMatch; chosen per level and logged, see
-            :func:`vision_kernels.patchnn.search.choose_search`). ``"auto"`` is the recommended
-            fast mode: on a 250-px image it searches the three finest levels with PatchMatch, ~6x
-            faster than exact, with samples ~2-3 % farther from the source's patches (mean
-            nearest-patch distance); PatchMatch on every level loses more (benchmark ``patch_nn``).
-        exact_limit: brute-force multiply-adds ``Nq * Nk * n`` up to which ``search="auto"`` is exact.
-        patchmatch_iterations: PatchMatch steps per search (warm-started across PNN steps).
-        reduction: voting reduction, ``"mean"``, ``"gaussian"`` or ``"median"``.
-        progress: show a progress bar (None: the global vision_kernels setting).
     """
 
     patch_size: int | tuple[int, ...] = 7
