@@ -1,6 +1,8 @@
 """Demo section for the patch_nn family: GPNN on skimage sample images.
 
-* generation: random samples of one image (different seeds);
+* generation: random samples of one image, four seeds side by side for the default start (noise
+  alone) and for the coarsest-source start it replaced, captioned with each sample's identity
+  fraction and each setting's diversity (vision_kernels.patchnn.metrics);
 * retargeting: the same image made wider and narrower without stretching its content;
 * inpainting: a hole filled from the rest of the image (pixels outside the hole untouched);
 * search: where each patch of a reshuffled image comes from, exact search vs PatchMatch.
@@ -17,8 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import atomic_path
 from ..ops import patch_match, patch_nn
-from ..patchnn import GPNNConfig, generate, inpaint, mean_patch_distance, retarget, write_image
+from ..patchnn import (
+    GPNNConfig,
+    diversity,
+    generate,
+    inpaint,
+    mean_patch_distance,
+    retarget,
+    sample_metrics,
+    write_image,
+)
 from ._figures import save_panels
 
 
@@ -34,23 +46,63 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 1).numpy()
 
 
+def _generation_settings(config: GPNNConfig) -> list[tuple[str, GPNNConfig]]:
+    """The generation rows of the demo: the default config and the settings it replaced (issue 15)."""
+    return [
+        ("default (noise-alone start)", config),
+        ("coarsest source + noise (before issue 15)", config.with_(initial_guess="source")),
+    ]
+
+
+def _save_grid(
+    path: Path, source: tuple[str, np.ndarray], rows: list[tuple[str, list[tuple[str, np.ndarray]]]]
+) -> Path:
+    """The source, then one row of captioned samples per setting, each row titled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(len(panels) for _, panels in rows)
+    figure, axes = plt.subplots(len(rows) + 1, columns, figsize=(3.0 * columns, 2.6 * (len(rows) + 1)), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    axes[0, 0].imshow(np.clip(source[1], 0, 1))
+    axes[0, 0].set_title(source[0], fontsize=8)
+    for r, (title, panels) in enumerate(rows, start=1):
+        for c, (caption, image) in enumerate(panels):
+            axes[r, c].imshow(np.clip(image, 0, 1))
+            axes[r, c].set_title(f"{title}\n{caption}" if c == 0 else f"\n{caption}", fontsize=7, loc="left")
+    figure.suptitle("GPNN random samples: identity fraction per sample, diversity per setting", fontsize=10)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def run(out_dir: Path, quick: bool) -> list[Path]:
     height = 48 if quick else 128
     config = GPNNConfig(iterations=3 if quick else 10, progress=False)
     files: list[Path] = []
 
     source = _image("chelsea", height)
-    started = time.perf_counter()
-    samples = [generate(source, seed=seed, config=config) for seed in (1, 2, 3)]
-    seconds = (time.perf_counter() - started) / len(samples)
-    panels = [("source", _np(source))] + [
-        (f"seed {s}: patch D {mean_patch_distance(x, source):.1e}", _np(x))
-        for s, x in zip((1, 2, 3), samples, strict=True)
-    ]
-    files.append(
-        save_panels(out_dir / "gpnn_generation.png", panels, title=f"GPNN random samples ({seconds:.1f} s each)")
-    )
-    files.append(write_image(out_dir / "gpnn_sample.png", samples[0]))
+    seeds = (1, 2, 3, 4)
+    rows = []
+    for label, setting in _generation_settings(config):
+        started = time.perf_counter()
+        samples = [generate(source, seed=seed, config=setting) for seed in seeds]
+        seconds = (time.perf_counter() - started) / len(samples)
+        scores = [sample_metrics(x, source, setting.patch) for x in samples]
+        captions = [
+            f"seed {s}: identity {m.identity_fraction:.2f}, D {m.patch_distance:.1e}"
+            for s, m in zip(seeds, scores, strict=True)
+        ]
+        title = f"{label}: diversity {diversity(samples, source):.2f} ({seconds:.1f} s each)"
+        rows.append((title, list(zip(captions, [_np(x) for x in samples], strict=True))))
+        if setting == config:
+            files.append(write_image(out_dir / "gpnn_sample.png", samples[0]))
+    files.append(_save_grid(out_dir / "gpnn_generation.png", ("source", _np(source)), rows))
 
     scene = _image("astronaut", height)
     wide = retarget(scene, (height, round(1.6 * scene.shape[1])), config=config)

@@ -1,5 +1,6 @@
-"""Demo section for VGPNN: a short synthetic video (moving shapes on a texture) generated with two
-seeds, retargeted (longer and wider), and inpainted through a space-time hole.
+"""Demo section for VGPNN: a short synthetic video (moving shapes on a texture) generated with three
+seeds (identity fraction of each and their diversity in the captions), retargeted (longer and
+wider), and inpainted through a space-time hole.
 
 Writes the videos as GIF (and MP4 when the quick flag is off), plus a frame-strip PNG per result
 whose caption gives the mean nearest-patch distance to the input (every output patch should come
@@ -16,7 +17,9 @@ from pathlib import Path
 import torch
 
 from ..patchnn import (
+    diversity,
     generate_video,
+    identity_fraction,
     inpaint_video,
     mean_patch_distance,
     moving_shapes,
@@ -78,11 +81,17 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             files.append(write_video(out_dir / f"{name}{suffix}", video, fps=FPS))
 
     save("input", source)
+    seeds = (1, 2, 3)
     started = time.perf_counter()
-    samples = [generate_video(source, seed=seed, config=config) for seed in (1, 2)]
+    samples = [generate_video(source, seed=seed, config=config) for seed in seeds]
     seconds = (time.perf_counter() - started) / len(samples)
-    for seed, sample in zip((1, 2), samples, strict=True):
+    for seed, sample in zip(seeds, samples, strict=True):
         save(f"generated_seed{seed}", sample)
+    spread = diversity(samples, source)
+    generated = [
+        (f"generated, seed {seed}: identity {identity_fraction(sample, source, config.patch):.2f}", sample)
+        for seed, sample in zip(seeds, samples, strict=True)
+    ]
     longer = retarget_video(source, (shape[0] + shape[0] // 2, *shape[1:]), config=config)
     wider = retarget_video(source, (shape[0], shape[1], round(shape[2] * 1.5)), config=config)
     save("retarget_longer", longer)
@@ -100,8 +109,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             out_dir / "vgpnn_frames.png",
             [
                 ("input", source),
-                ("generated, seed 1", samples[0]),
-                ("generated, seed 2", samples[1]),
+                *generated,
                 ("retargeted longer", longer),
                 ("retargeted wider", wider),
                 ("hole (magenta)", damaged),
@@ -109,7 +117,8 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             ],
             source,
             config.patch,
-            f"VGPNN on a synthetic video, patches {config.patch} ({seconds:.1f} s per generated sample)",
+            f"VGPNN on a synthetic video, patches {config.patch}; generated: diversity {spread:.2f} over "
+            f"{len(seeds)} seeds, {seconds:.1f} s each",
         )
     )
     return files

@@ -23,9 +23,9 @@ The machinery: :class:`GPNNConfig`, :func:`synthesize`, :func:`pnn_step`, the py
 """
 
 from .apps import analogy, collage, edit, generate, inpaint, retarget
-from .gpnn import GPNNConfig, as_video, pnn_step, pyramid_plan, synthesize
+from .gpnn import INITIAL_GUESSES, GPNNConfig, as_video, initial_guess, pnn_step, pyramid_plan, synthesize
 from .image_io import read_image, read_mask, write_image, write_mask
-from .metrics import mean_patch_distance
+from .metrics import SampleMetrics, diversity, identity_fraction, mean_patch_distance, sample_metrics
 from .pyramid import build_pyramid, pyramid_shapes, resize
 from .samples import moving_shapes
 from .search import choose_search, faiss_patch_nn, search_patches
@@ -41,6 +41,12 @@ from .video_io import read_video, read_video_mask, write_frame_strip, write_vide
 
 __all__ = [
     "GPNNConfig",
+    "INITIAL_GUESSES",
+    "SampleMetrics",
+    "diversity",
+    "identity_fraction",
+    "initial_guess",
+    "sample_metrics",
     "analogy",
     "analogy_video",
     "as_video",

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..ops.patch_nn import valid_patch_mask
-from .gpnn import GPNNConfig, as_video, pyramid_plan, synthesize
+from .gpnn import GPNNConfig, as_video, initial_guess, pyramid_plan, synthesize
 from .pyramid import resize
 
 __all__ = ["generate", "retarget", "analogy", "inpaint", "collage", "edit"]
@@ -35,10 +35,13 @@ def _finish(y: Tensor, image: bool) -> Tensor:
 def generate(
     source: Tensor, *, seed: int = 0, config: GPNNConfig = _DEFAULT, size: Sequence[int] | None = None
 ) -> Tensor:
-    """Random sample from a single image: GPNN from the coarsest source level plus Gaussian noise.
+    """Random sample from a single image: GPNN from Gaussian noise at the coarsest level.
 
-    ``y_L = x_L + n``, ``n ~ N(0, noise_std^2)`` per pixel (shared by channels), drawn from ``seed``.
-    ``size`` (``(H, W)``, or ``(T, H, W)`` for videos) gives a sample of another size.
+    ``y_L = mean colour of x + n`` (``config.initial_guess = "noise"``, the default) or
+    ``y_L = x_L + n`` (``"source"``, the official code's start, which often returns the source
+    itself: see :class:`~vision_kernels.patchnn.GPNNConfig`), ``n ~ N(0, noise_std^2)`` per pixel
+    (shared by channels), drawn from ``seed``. ``size`` (``(H, W)``, or ``(T, H, W)`` for videos)
+    gives a sample of another size. Measure samples with :mod:`vision_kernels.patchnn.metrics`.
 
     Unless ``config.coarsest_iterations`` is set, one PNN step is run at the coarsest level (the
     paper runs ``iterations`` there too): repeated steps pull the noisy start back to the source's
@@ -50,11 +53,8 @@ def generate(
         config = config.with_(coarsest_iterations=1)
     x, image = as_video(source, "source")
     output_shape = tuple(x.shape[:3]) if size is None else _output_shape(x, size)
-    source_coarse, output_coarse = _coarsest(x.shape, output_shape, config)
-    coarse = resize(resize(x, source_coarse), output_coarse)
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = torch.randn((*coarse.shape[:3], 1), generator=generator).to(coarse)
-    return _finish(synthesize(x, coarse + config.noise_std * noise, output_shape, config, seed=seed), image)
+    coarse = initial_guess(x, output_shape, config, seed=seed)
+    return _finish(synthesize(x, coarse, output_shape, config, seed=seed), image)
 
 
 def _output_shape(x: Tensor, size: Sequence[int]) -> tuple[int, int, int]:

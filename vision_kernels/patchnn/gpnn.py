@@ -30,12 +30,15 @@ from ..ops.patch_nn import normalize_patch_size, patch_vote, valid_patch_mask
 from .pyramid import build_pyramid, level_scales, resize, scaled_shapes
 from .search import EXACT_WORK_LIMIT, SEARCH_METHODS, choose_search, search_patches
 
-__all__ = ["GPNNConfig", "pnn_step", "synthesize", "as_video", "pyramid_plan"]
+__all__ = ["GPNNConfig", "INITIAL_GUESSES", "initial_guess", "pnn_step", "synthesize", "as_video", "pyramid_plan"]
+
+INITIAL_GUESSES = ("source", "noise")
 
 
 @dataclass(frozen=True)
 class GPNNConfig:
-    """Settings of GPNN; the defaults are the paper's / official code's.
+    """Settings of GPNN; the defaults are the paper's / official code's, except the initial guess
+    of random generation (noise alone, see below).
 
     Attributes:
         patch_size: ``p`` (``p x p`` spatial patches), ``(ph, pw)`` or ``(pt, ph, pw)``. Default 7.
@@ -51,6 +54,11 @@ class GPNNConfig:
             difference of [0, 1] pixels (0.005); ``None`` for plain nearest neighbours.
         noise_std: standard deviation of the noise added to the coarsest initial guess of random
             generation (0.75, one draw per pixel shared by the channels).
+        initial_guess: coarsest start of random generation (see :func:`initial_guess`):
+            ``"noise"`` (default: the source's mean colour plus noise, i.e. noise alone, as
+            Efficient-GPNN's ``init_from="zeros"``) or ``"source"`` (the coarsest source level plus
+            noise, the official GPNN code's, and this package's default before issue 15). With
+            ``"source"`` many samples are the source itself; see "Why samples collapse" below.
         search: ``"exact"`` (exact kernel), ``"patchmatch"`` (approximate), ``"faiss"``
             (``alpha=None`` only) or ``"auto"`` (exact while a level's brute-force work is within
             ``exact_limit``, else PatchMatch; chosen per level and logged, see
@@ -62,6 +70,32 @@ class GPNNConfig:
         patchmatch_iterations: PatchMatch steps per search (warm-started across PNN steps).
         reduction: voting reduction, ``"mean"``, ``"gaussian"`` or ``"median"``.
         progress: show a progress bar (None: the global vision_kernels setting).
+
+    Why samples collapse onto the source (issue 15; figures in ``docs/gpnn_diversity.md``). With the
+    ``"source"`` start, seed 0 of astronaut and of chelsea at 128 px came back as the source exactly
+    (identity fraction 1, D = 0). The causes, in order of weight:
+
+    * The initial guess. ``x_L + n`` still carries the source's layout: for a query ``x_i + n`` the
+      score gap to another key is ``D(x_i, k_j) + 2 <n, x_i - k_j> / n_values``, so the noise only
+      moves a query away from its own position where its correlation with ``x_i - k_j`` beats the
+      content difference, and a 7x7 patch averages 49 noise draws. Many coarsest queries find their
+      own position, these identity patches agree where they overlap, and the identity arrangement is
+      a fixed point of the PNN step (a patch at home finds itself at ``D = 0``) that every finer
+      level inherits and spreads. Starting from noise alone removes the pull: no sample measured
+      (images, 36 to 250 px) had an identity fraction above 0.02.
+    * Steps at the coarsest level: each further step moves the output closer to that fixed point
+      (4 of 6 samples of 80-px images were copies with 10 steps, none with 1), hence
+      ``coarsest_iterations = 1`` in :func:`~vision_kernels.patchnn.generate`.
+    * Coarsest size against the patch: at 14 px a 7x7 patch covers half the shorter side, so there
+      are only 8 positions per column to re-arrange, and little room to leave the identity (an
+      argument; ``coarsest`` was not varied in the measurements).
+    * Noise level: a larger ``noise_std`` with the ``"source"`` start lowers the pull (1.5 on
+      36-px astronaut: identities at most 0.13 instead of up to 0.73) but keeps some of it.
+    * ``alpha`` is on the scale of ``D`` here (mean squared difference), where 0.005 is several
+      times a typical nearest ``D`` (~1e-3): the score is close to plain nearest neighbours. The
+      official code normalizes the Euclidean distance of the patch vector, ``sqrt(n_values D)``,
+      by ``alpha = 0.005`` on that scale, a far stronger completeness term. Completeness does not
+      oppose copying (the identity uses every key once); ``alpha`` was left at 0.005.
     """
 
     patch_size: int | tuple[int, ...] = 7
@@ -73,6 +107,7 @@ class GPNNConfig:
     coarsest_iterations: int | None = None
     alpha: float | None = 0.005
     noise_std: float = 0.75
+    initial_guess: str = "noise"
     search: str = "exact"
     exact_limit: float = EXACT_WORK_LIMIT
     patchmatch_iterations: int = 6
@@ -92,6 +127,10 @@ class GPNNConfig:
             raise ValueError(f"{name}: argument 'coarsest_iterations' must be >= 1, got {self.coarsest_iterations}")
         if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise ValueError(f"{name}: argument 'alpha' must be None or > 0, got {self.alpha}")
+        if self.initial_guess not in INITIAL_GUESSES:
+            raise ValueError(
+                f"{name}: argument 'initial_guess' must be one of {INITIAL_GUESSES}, got {self.initial_guess!r}"
+            )
         if self.noise_std < 0:
             raise ValueError(f"{name}: argument 'noise_std' must be >= 0, got {self.noise_std}")
 
@@ -286,3 +325,25 @@ def synthesize(
         )
         y = voted if holes is None else torch.where(holes[level][..., None], voted, values)
     return y
+
+
+def initial_guess(
+    source: Tensor, output_shape: Sequence[int], config: GPNNConfig, *, seed: int, per_channel: bool = False
+) -> Tensor:
+    """The coarsest output level of random generation, ``[T_L, H_L, W_L, C]``::
+
+        "source":  y_L = resize(x_L, output's coarsest shape) + noise_std * n
+        "noise":   y_L = mean colour of x                      + noise_std * n
+
+    with ``n ~ N(0, 1)`` drawn from ``seed`` on the CPU, one value per pixel shared by the channels
+    (``per_channel``: one per pixel and channel). ``source`` is ``[T, H, W, C]``.
+    """
+    source_shapes, output_shapes = pyramid_plan(source.shape, output_shape, config)
+    shape = output_shapes[-1]
+    if config.initial_guess == "source":
+        base = resize(resize(source, source_shapes[-1]), shape)  # [T_L, H_L, W_L, C]
+    else:
+        base = source.mean(dim=(0, 1, 2)).expand(*shape, source.shape[-1])  # [T_L, H_L, W_L, C]
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.randn((*shape, source.shape[-1] if per_channel else 1), generator=generator)
+    return (base + config.noise_std * noise.to(base)).contiguous()

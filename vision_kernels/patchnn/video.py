@@ -12,7 +12,8 @@ and temporal factors and minimum sizes. At every level ``l`` (coarsest first) an
 with ``keys`` the upscaled coarser level on a level's first step and ``x_l`` afterwards. The
 applications differ in the coarsest initial guess, the output shape, masks and guide channels:
 
-* :func:`generate_video`: ``y_L = x_L`` resized to the output's coarsest shape ``+ noise``;
+* :func:`generate_video`: ``y_L = `` the input's mean colour ``+ noise`` (noise alone; or ``x_L``
+  resized to the output's coarsest shape ``+ noise`` with ``initial_guess="source"``);
 * :func:`retarget_video`: ``y_L = x_L`` resized (no noise) to a shorter/longer/wider/narrower shape;
 * :func:`analogy_video`: the motion of a *layout* video drawn with the patches of an *appearance*
   video, matching on a motion channel (frame-difference magnitude, or the user's optical flow);
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .apps import inpaint, retarget
-from .gpnn import GPNNConfig, pyramid_plan, synthesize
+from .gpnn import GPNNConfig, initial_guess, pyramid_plan, synthesize
 from .pyramid import resize
 from .search import VIDEO_EXACT_WORK_LIMIT
 
@@ -63,8 +64,10 @@ def video_config(shape: Sequence[int] | None = None, **changes: object) -> GPNNC
 
     ``patch_size`` (3, 7, 7) (``LARGE_VIDEO_PATCH`` when ``T H W > LARGE_VIDEO_VOXELS``),
     ``pyramid_ratio = temporal_ratio = 1 / 0.85``, ``coarsest = 15`` px, ``coarsest_frames = 3``,
-    ``iterations = 5`` (1 at the coarsest level), ``alpha = None``, ``noise_std = 2.5`` (per channel),
-    ``search = "auto"`` (``exact_limit`` 1e9), ``reduction = "median"``; ``changes`` override any of them.
+    ``iterations = 5`` (1 at the coarsest level), ``alpha = None``, ``noise_std = 2.5`` (per channel)
+    with ``initial_guess = "noise"`` (noise alone; the official code adds it to the coarsest input
+    level, ``"source"``, which returned the input for some seeds), ``search = "auto"``
+    (``exact_limit`` 1e9), ``reduction = "median"``; ``changes`` override any of them.
     """
     patch = VIDEO_PATCH
     if shape is not None and math.prod(int(s) for s in shape[:3]) > LARGE_VIDEO_VOXELS:
@@ -145,14 +148,17 @@ def generate_video(
     size: Sequence[int] | None = None,
     config: GPNNConfig | None = None,
 ) -> Tensor:
-    """A random sample of a single video: VGPNN from its coarsest level plus Gaussian noise.
+    """A random sample of a single video: VGPNN from Gaussian noise at the coarsest level.
 
-    ``y_L = resize(x_L, output's coarsest shape) + n``, ``n ~ N(0, noise_std^2)`` independently per
-    voxel and channel, drawn from ``seed``; then ``iterations`` PNN steps per level up to the output
-    shape (1 at the coarsest). Every output patch is copied from the input; different seeds give
-    different arrangements. The default ``noise_std = 2.5`` is the official code's (5 on its [-1, 1]
-    scale): 3x7x7x3 space-time patches average a weaker noise out and the sample collapses onto the
-    input (with 0.75, GPNN's image setting, a 8x48x64 test video came back unchanged for every seed).
+    ``y_L = mean colour of x + n`` (``initial_guess="noise"``, the default) or
+    ``y_L = resize(x_L, output's coarsest shape) + n`` (``"source"``, the official code's),
+    ``n ~ N(0, noise_std^2)`` independently per voxel and channel, drawn from ``seed``; then
+    ``iterations`` PNN steps per level up to the output shape (1 at the coarsest). Every output
+    patch is copied from the input; different seeds give different arrangements. The default
+    ``noise_std = 2.5`` is the official code's (5 on its [-1, 1] scale). With the ``"source"``
+    start the input's layout survives the noise (3x7x7x3 space-time patches average it out) and
+    some samples return the input (with 0.75, GPNN's image setting, a 8x48x64 test video came back
+    unchanged for every seed); see :class:`~vision_kernels.patchnn.GPNNConfig` for the causes.
 
     Args:
         video: float ``[T, H, W, C]`` in [0, 1] (uint8 is scaled by 1/255).
@@ -167,11 +173,8 @@ def generate_video(
     x = check_video(video, "video", "generate_video")
     config = _config(config, x.shape)
     output_shape = _output_shape(x, size, config, "generate_video")
-    source_shapes, output_shapes = pyramid_plan(x.shape, output_shape, config)
-    coarse = resize(resize(x, source_shapes[-1]), output_shapes[-1])  # [T_L, H_L, W_L, C]
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = torch.randn(coarse.shape, generator=generator).to(coarse)  # independent per channel
-    y = synthesize(x, coarse + config.noise_std * noise, output_shape, config, seed=seed, desc="VGPNN generate")
+    coarse = initial_guess(x, output_shape, config, seed=seed, per_channel=True)  # [T_L, H_L, W_L, C]
+    y = synthesize(x, coarse, output_shape, config, seed=seed, desc="VGPNN generate")
     return y.clamp(0.0, 1.0)
 
 
