@@ -37,7 +37,7 @@ NON_FEATURE_EXTRAS = {"all", "test", "smoke", "gpu", "gpu-cu12", "gpu-cu13"}
 # (ops/_interop.py), so it is installed whenever it is imported.
 UNDECLARED_IMPORTS = {"cupy"}
 # Declared before the code that imports it lands (the data extra's loaders, another branch).
-NOT_YET_IMPORTED = {"webdataset"}
+NOT_YET_IMPORTED: set[str] = set()
 BASE_IMPORT_NAMES = {"torch": "torch", "numpy": "numpy", "tqdm": "tqdm", "PIL": "pillow", "safetensors": "safetensors"}
 
 
@@ -103,6 +103,14 @@ def _third_party_imports() -> dict[str, str]:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "require"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                names = [node.args[0].value]  # _optional.require("av", ...): an import by name
             else:
                 continue
             for name in names:

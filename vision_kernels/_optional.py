@@ -19,6 +19,7 @@ __all__ = ["EXTRAS", "MissingDependencyError", "require"]
 EXTRAS: dict[str, tuple[str, str]] = {
     "open_clip": ("open_clip_torch", "clip"),
     "transformers": ("transformers", "clip"),
+    "torchvision": ("torchvision", "clip"),
     "sklearn": ("scikit-learn", "clip"),
     "faiss": ("faiss-cpu", "faiss"),
     "diffusers": ("diffusers", "diffusion"),

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import Tensor
 
+from ..ops._checks import ArgCheck
 from .decompose import Decomposition
 
 __all__ = ["mean_ablate", "zero_shot_accuracy", "mean_ablation_accuracy"]
@@ -75,10 +76,11 @@ def mean_ablate(
     reference = decomposition if reference is None else reference
     if reference is not decomposition:
         _same_layout(decomposition, reference)
-    heads = [(int(layer), int(head)) for layer, head in heads]
-    layers = [int(layer) for layer in layers]
+    check = ArgCheck(FUNCTION)
+    heads = [(check.integer(layer, "heads"), check.integer(head, "heads")) for layer, head in heads]
+    layers = check.integers(layers, "layers")
     num_layers = decomposition.mlps.shape[1]
-    mlp_layers = list(range(num_layers)) if mlps == "all" else [int(layer) for layer in mlps]  # type: ignore[union-attr]
+    mlp_layers = list(range(num_layers)) if mlps == "all" else check.integers(mlps, "mlps")
     repaired = decomposition.output.clone()
     if heads or layers:
         terms = _head_terms(decomposition, need_heads=bool(heads))

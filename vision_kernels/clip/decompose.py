@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .. import _progress
+from ..ops._checks import ArgCheck
 from ..ops.attention_decomp import attention_decomposition
 from .capture import Capture, capture
 from .folded import folded_head_matrices
@@ -139,15 +140,14 @@ def normalize_layers(layers: int | Sequence[int] | None, num_layers: int, functi
     """Layer indices as non-negative ints (negative counts from the end); None means all layers."""
     if layers is None:
         return list(range(num_layers))
-    if isinstance(layers, int):
-        layers = [layers]
+    check = ArgCheck(function)
+    indices = check.integers(layers, "layers") if isinstance(layers, Sequence) else [check.integer(layers, "layers")]
     result = []
-    for position, layer in enumerate(layers):
-        index = int(layer)
+    for position, index in enumerate(indices):
         if not -num_layers <= index < num_layers:
             raise IndexError(
                 f"{function}: argument 'layers' must hold layer indices in [{-num_layers}, {num_layers}) for a "
-                f"model with {num_layers} layers, got {layer} at position {position}"
+                f"model with {num_layers} layers, got {index} at position {position}"
             )
         result.append(index % num_layers)
     if not result:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import _progress
+from ..ops._checks import ArgCheck
 from ._index_files import FORMAT, VERSION, faiss_module, read_index_folder, write_index_folder
 from .decompose import decompose
 from .towers import VisionTower, as_vision_tower, check_images
@@ -194,7 +195,8 @@ def _as_pairs(value: Iterable[Sequence[int]], function: str, name: str) -> tuple
     for item in value:
         if len(item) != 2:
             raise ValueError(f"{function}: argument '{name}' must hold (layer, head) pairs, got {item!r}")
-        pairs.append((int(item[0]), int(item[1])))
+        check = ArgCheck(function)
+        pairs.append((check.integer(item[0], name), check.integer(item[1], name)))
     if not pairs:
         raise ValueError(f"{function}: argument '{name}' must hold at least one (layer, head) pair")
     return tuple(pairs)
@@ -210,9 +212,8 @@ def _resolve_keys(
     keys: dict[str, tuple[tuple[int, int], ...]] = {}
     num_layers, num_heads = tower.num_layers, tower.heads
     pairs = list(_as_pairs(heads, function, "heads")) if heads is not None else []
-    for layer in layers or ():
-        pairs += [(int(layer) % num_layers if -num_layers <= int(layer) < num_layers else int(layer), h)
-                  for h in range(num_heads)]  # fmt: skip
+    for layer in ArgCheck(function).integers(layers or (), "layers"):
+        pairs += [(layer % num_layers if -num_layers <= layer < num_layers else layer, h) for h in range(num_heads)]
     for layer, head in pairs:
         keys[head_key(layer, head)] = ((layer, head),)
     for name, members in (groups or {}).items():

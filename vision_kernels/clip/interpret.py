@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..ops._checks import ArgCheck
 from .decompose import decompose
 from .index import HeadIndex, SearchResult, head_key
 from .spatial import heatmaps
@@ -169,7 +170,9 @@ def contrastive_segmentation(
     tower = as_vision_tower(model)
     if heads is not None:
         count = tower.num_layers
-        heads = [(int(layer) % count if -count <= int(layer) < count else int(layer), int(h)) for layer, h in heads]
+        check = ArgCheck(function)
+        heads = [(check.integer(layer, "heads"), check.integer(h, "heads")) for layer, h in heads]
+        heads = [(layer % count if -count <= layer < count else layer, h) for layer, h in heads]
     chosen_layers = sorted({layer for layer, _ in heads}) if heads is not None else layers
     decomposition = decompose(
         tower, images, layers=chosen_layers, per_token=True, per_head=heads is not None,

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from .. import _progress
+from ..ops._checks import ArgCheck
 from ..ops.second_order import second_order_effects
 from ..runs import distributed as runs_distributed
 from .capture import Capture, capture
@@ -102,7 +103,7 @@ class NeuronDirections:
 
 def _normalize_layer(layer: int, num_layers: int, function: str) -> int:
     """An MLP layer index (negative counts from the end) that has at least one later layer."""
-    index = int(layer)
+    index = ArgCheck(function).integer(layer, "layer")
     if not -num_layers <= index < num_layers or index % num_layers == num_layers - 1:
         raise IndexError(
             f"{function}: argument 'layer' must be an MLP layer with at least one later layer, in "

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops._checks import ArgCheck
 from .decompose import Decomposition, decompose
 
 __all__ = [
@@ -41,7 +42,8 @@ def token_contributions(decomposition: Decomposition, heads: Sequence[tuple[int,
         return decomposition.head_sum(("image", "token", "dim"))
     if "layer" not in decomposition.head_axes or "head" not in decomposition.head_axes:
         raise ValueError(f"{function}: selecting heads needs a decomposition with per_layer=True and per_head=True")
-    pairs = [(int(layer), int(head)) for layer, head in heads]
+    check = ArgCheck(function)
+    pairs = [(check.integer(layer, "heads"), check.integer(head, "heads")) for layer, head in heads]
     if not pairs:
         raise ValueError(f"{function}: argument 'heads' must list at least one (layer, head) pair")
     count = decomposition.heads.shape[2]

@@ -513,6 +513,8 @@ def check_images(tower: VisionTower, images: object, function: str = FUNCTION) -
         )
     if not images.is_floating_point():
         raise TypeError(f"{function}: argument 'images' must be a floating tensor, got {images.dtype}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{function}: argument 'images' must hold at least one image, got shape {list(images.shape)}")
     if images.shape[1] != tower.in_channels:
         raise ValueError(
             f"{function}: argument 'images' must have {tower.in_channels} channels in dimension 1, "
