@@ -261,3 +261,18 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, function: str = "write_text_atomic") -> Path:
+    """``Path(path).write_text(text)`` (UTF-8), made atomic: see :func:`atomic_path`."""
+    with atomic_open(path, "w", encoding="utf-8", function=function) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def save_figure(figure: Any, path: str | os.PathLike[str], **options: Any) -> Path:
+    """``figure.savefig(path, **options)`` for a matplotlib figure, made atomic (the format comes from
+    the suffix, which the temporary keeps)."""
+    with atomic_path(path, function="save_figure") as temporary:
+        figure.savefig(temporary, format=Path(path).suffix.lstrip(".") or None, **options)
+    return Path(path)

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 import torch
 
+from .._files import write_text_atomic
 from .harness import CASES, Measurement, ceilings, run_case
 
 
@@ -136,8 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table + "\n")
+        write_text_atomic(args.markdown, table + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report(measurements, limits), indent=2, default=str) + "\n")
+        write_text_atomic(args.json, json.dumps(report(measurements, limits), indent=2, default=str) + "\n")
     return 0

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from .._files import write_text_atomic
+
 SECTIONS: dict[str, str] = {
     "distance": "vision_kernels.demo.distance",
     "clip": "vision_kernels.demo.clip",
@@ -63,8 +65,10 @@ def run_demo(
         table = format_table(measurements, limits)
         import json
 
-        (out_dir / "benchmarks.md").write_text(table + "\n")
-        (out_dir / "benchmarks.json").write_text(json.dumps(report(measurements, limits), indent=2, default=str) + "\n")
+        write_text_atomic((out_dir / "benchmarks.md"), table + "\n")
+        write_text_atomic(
+            (out_dir / "benchmarks.json"), json.dumps(report(measurements, limits), indent=2, default=str) + "\n"
+        )
         written += [out_dir / "benchmarks.md", out_dir / "benchmarks.json"]
         print(table, file=log)
     return written

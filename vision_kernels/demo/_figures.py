@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import save_figure
+
 
 def save_panels(
     path: Path, panels: Sequence[tuple[str, np.ndarray]], *, title: str = "", cmap: str = "viridis"
@@ -30,6 +32,6 @@ def save_panels(
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
     return path

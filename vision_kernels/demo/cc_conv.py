@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .._files import save_figure, write_text_atomic
 from ..nn import InterpolationFilter
 from ..nn.alignment import centroid, downscale_drift
 from ..nn.resize_example import EVAL_SCALES, ResizeNet, evaluate, train
@@ -46,7 +47,7 @@ def _resize_figure(path: Path, results: list, steps: int) -> Path:
             axis.axis("off")
     figure.suptitle(f"CC resize network after {steps} training steps: PSNR against the target", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path
 
@@ -88,7 +89,7 @@ def _misalignment_figure(path: Path) -> tuple[Path, dict[str, float]]:
         "Strided convolutions shift content by half an input pixel per layer; the centred grid does not", fontsize=9
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path, measured
 
@@ -118,7 +119,7 @@ def _filter_figure(path: Path, net: ResizeNet) -> Path:
     axes[0].legend(fontsize=7)
     figure.suptitle("The CC resize layer's continuous filter, evaluated on each call's grid", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path
 
@@ -151,7 +152,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     misalignment_path, measured = _misalignment_figure(out_dir / "misalignment.png")
     table["misalignment"] = {k: round(v, 6) for k, v in measured.items()}
     psnr_path = out_dir / "resize_psnr.json"
-    psnr_path.write_text(json.dumps(table, indent=2) + "\n")
+    write_text_atomic(psnr_path, json.dumps(table, indent=2) + "\n")
     return [
         _resize_figure(out_dir / "resize_unseen_scales.png", results, steps),
         misalignment_path,

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import save_figure, write_text_atomic
+
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
 HEATMAP_TEXTS = ("an astronaut", "a cat", "a cup of coffee", "a rocket")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -104,7 +106,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         f"| {layer} | {float(a):.3f} | {float(m):.3f} |"
         for layer, (a, m) in enumerate(zip(attention_share, mlp_share, strict=True))
     ]
-    (out_dir / "decomposition.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic((out_dir / "decomposition.md"), "\n".join(lines) + "\n")
     written.append(out_dir / "decomposition.md")
     figure, axis = plt.subplots(figsize=(6, 3))
     layers = np.arange(len(attention_share))
@@ -115,7 +117,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     axis.set_title(f"Direct contributions per layer, {description}", fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out_dir / "layer_contributions.png", dpi=110)
+    save_figure(figure, out_dir / "layer_contributions.png", dpi=110)
     plt.close(figure)
     written.append(out_dir / "layer_contributions.png")
 
@@ -129,7 +131,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     result = vc.text_span(heads[:, head], text_embeddings, bank, num_texts=5 if quick else 10)
     table = vc.format_text_spans({(tower.num_layers - 1, head): result})
     header = f"# TextSpan, {description}: {len(bank)} texts, {heads.shape[0]} images (skimage samples and variants)\n\n"
-    (out_dir / "textspan.md").write_text(header + table)
+    write_text_atomic((out_dir / "textspan.md"), header + table)
     written.append(out_dir / "textspan.md")
 
     # 3. Heatmaps of a few texts over the sample images (last 4 layers, contrast: mean of the texts).

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .._files import save_figure, write_text_atomic
 from .clip import HEATMAP_TEXTS, SAMPLES, _images, _model
 
 
@@ -79,7 +80,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         f"| neurons never significant on held-out images | {int((fraction == 0).sum())} / {fraction.numel()} |",
         f"| mean energy of the top effects along the principal direction | {float(stats.explained.mean()):.3f} |",
     ]
-    (out_dir / "second_order.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic((out_dir / "second_order.md"), "\n".join(lines) + "\n")
     written.append(out_dir / "second_order.md")
     figure, axes = plt.subplots(1, 2, figsize=(9, 3))
     axes[0].hist(norms.flatten().numpy(), bins=60, log=True)
@@ -90,7 +91,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     axes[1].set_title("Principal directions", fontsize=9)
     figure.suptitle(f"Layer {layer}, {description}", fontsize=9)
     figure.tight_layout()
-    figure.savefig(out_dir / "neuron_effects.png", dpi=100)
+    save_figure(figure, out_dir / "neuron_effects.png", dpi=100)
     plt.close(figure)
     written.append(out_dir / "neuron_effects.png")
 
@@ -104,7 +105,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     result = vc.sparse_text_decomposition(stats.principal[strongest], text_embeddings, bank, n_nonzero=5)
     names = [f"neuron {int(stats.neurons[i])} of layer {layer}" for i in strongest]
     header = f"# Sparse text decompositions (OMP, 5 texts of {len(bank)}), {description}\n\n"
-    (out_dir / "sparse_texts.md").write_text(header + result.format(names))
+    write_text_atomic((out_dir / "sparse_texts.md"), header + result.format(names))
     written.append(out_dir / "sparse_texts.md")
 
     # 3. Neuron-based segmentation: neurons most aligned with each sample's text.
@@ -161,7 +162,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         for query, ids, scores in zip(queries, found.ids, found.scores.tolist(), strict=True):
             lines.append(f"| {query} | " + ", ".join(f"{i}: {s:.2f}" for i, s in zip(ids, scores, strict=True)) + " |")
         lines.append("")
-    (out_dir / "interpret_neighbors.md").write_text("\n".join(lines))
+    write_text_atomic((out_dir / "interpret_neighbors.md"), "\n".join(lines))
     written.append(out_dir / "interpret_neighbors.md")
     topics = vc.head_topic_segmentation(model, samples, last, 0, texts, contrast="mean")
     contrast = vc.contrastive_segmentation(model, samples, texts[0], texts[1], layers=list(range(-4, 0)))

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import save_figure, write_text_atomic
+
 SIZE = 8
 
 
@@ -107,7 +109,7 @@ def _figure(path: Path, data: dict) -> Path:
 
     figure.suptitle(data["title"], fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path
 
@@ -255,7 +257,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             "space": str(space_path),
         }
         report = out_dir / "summary.json"
-        report.write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(report, json.dumps(summary, indent=2) + "\n")
         return [figure, report, space_path]
     finally:
         torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .._files import save_figure
 from ..patchnn import (
     diversity,
     generate_video,
@@ -61,7 +62,7 @@ def _strip(path: Path, rows: list[tuple[str, torch.Tensor]], source: torch.Tenso
         axis.axis("off")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
     return path
 
