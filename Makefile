@@ -99,7 +99,8 @@ oldest-torch: wheel
 	$(SMOKE_VENV)/bin/pip download --dest $(TORCH_WHEELHOUSE) "torch==$(OLDEST_TORCH).*"
 	$(SMOKE_VENV)/bin/pip install --no-index --find-links $(TORCH_WHEELHOUSE) "torch==$(OLDEST_TORCH).*"
 	$(SMOKE_VENV)/bin/pip install "$$(ls dist/vision_kernels-*.whl)[smoke]"
-	$(SMOKE_VENV)/bin/python -c "import torch, vision_kernels; print('torch', torch.__version__, vision_kernels.build_info())"
+	cd python_tests && $(abspath $(SMOKE_VENV))/bin/python -c \
+	  "import torch, vision_kernels; print('torch', torch.__version__, vision_kernels.build_info())"
 	cd python_tests && VK_RELEASE_WHEEL="$$(ls $(abspath dist)/vision_kernels-*.whl)" VK_OLDEST_TORCH=$(OLDEST_TORCH) \
 	  $(abspath $(SMOKE_VENV))/bin/python -m pytest -p no:cacheprovider $(SMOKE_TESTS)
 
