@@ -48,13 +48,19 @@ $(DEPS):
 	touch $@
 
 # Builds the wheel (CPU kernels, CUDA kernels when nvcc is on PATH, the emulation module) and
-# installs it with every optional dependency the demo and tests use.
-install: $(DEPS)
+# installs it with every optional dependency the demo and tests use. The stamp makes a second
+# `make demo` / `make test` skip the ~8-minute build unless a source file changed since.
+INSTALLED := $(VENV)/.vk-installed
+SOURCES := $(shell find csrc vision_kernels -type f -not -name '*.pyc' 2>/dev/null) CMakeLists.txt pyproject.toml
+install: $(INSTALLED)
+$(INSTALLED): $(DEPS) $(SOURCES)
 	$(BIN)/pip install ".[test]"
+	touch $@
 
 dev: $(DEPS)
 	$(BIN)/pip install scikit-build-core pybind11
 	$(BIN)/pip install --no-build-isolation -e ".[test]" -Cbuild-dir=build/dev
+	rm -f $(INSTALLED)
 
 demo: install
 	$(BIN)/vision-kernels demo --out demo_output $(DEMO_ARGS)
