@@ -81,7 +81,7 @@ def records() -> dict:
 
 def bench_rows() -> list:
     return [
-        {"ceilings": {"fp32_gemm_tflops": 19.5, "fp16_gemm_tflops": 250.0, "copy_gbs": 1500.0}},
+        {"ceilings": {"fp32_gemm_tflops": 19.5, "fp16_gemm_tflops": 250.0, "copy_gbs": 1500.0}, "faiss_gpu": False},
         {
             "kernel": "sq_l2_distance",
             "case": "16384^2",
@@ -109,7 +109,7 @@ def test_report_per_kernel_and_screen() -> None:
     assert "PASS 2/2" in distance and "4.00x" in distance and "55% fp32_gemm" in distance
     assert "faiss-gpu 1.50x" in distance and "torch.cdist^2 err" in distance
     assert "FAILED pca/test_b.py::test_parity[cuda_emulated]: AssertionError: 0.1 > 1e-5" in screen
-    assert "not run: time budget spent" in screen
+    assert "not run: time budget spent" in screen and "faiss-gpu anchors omitted" in screen
     assert screen.splitlines()[-1] == "gpu-check: FAIL (pca_project)"
     passing = {k: v for k, v in records().items() if "pca" not in k}
     assert report.summarize(passing, [], steps, {})["passed"]

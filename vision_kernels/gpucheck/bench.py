@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.flush()
 
         limits = ceilings.measure()
-        emit({"ceilings": limits, "device": torch.cuda.get_device_name(0), "torch": torch.__version__})
+        from .cases import _faiss_gpu
+
+        emit({"ceilings": limits, "device": torch.cuda.get_device_name(0), "faiss_gpu": _faiss_gpu() is not None})
         for case in CASES:
             if args.kernel and case.kernel not in args.kernel:
                 continue

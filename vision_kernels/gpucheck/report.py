@@ -31,9 +31,10 @@ def summarize(
             if outcome == "failed":
                 item["failures"].append(f"{nodeid}: {record.get('message', '')}".strip())
     ceilings: dict[str, float] = {}
+    faiss_gpu = None
     for row in bench:
         if "ceilings" in row:
-            ceilings = dict(row["ceilings"])
+            ceilings, faiss_gpu = dict(row["ceilings"]), row.get("faiss_gpu")
             continue
         entry(str(row.get("kernel", OTHER)))["bench"].append(dict(row))
     tests_ran = tests is not None
@@ -52,6 +53,7 @@ def summarize(
         "context": dict(context),
         "steps": {name: dict(step) for name, step in steps.items()},
         "ceilings": ceilings,
+        "faiss_gpu": faiss_gpu,
         "kernels": dict(sorted(kernels.items())),
         "passed": not failed_steps and not kernel_failures,
         "failed_steps": failed_steps,
@@ -73,6 +75,9 @@ def format_screen(summary: Mapping[str, Any]) -> str:
     if limits:
         lines.append(f"ceilings: fp32 GEMM {limits['fp32_gemm_tflops']:.1f} TFLOP/s, fp16 GEMM "
                      f"{limits['fp16_gemm_tflops']:.1f} TFLOP/s, copy {limits['copy_gbs']:.0f} GB/s")  # fmt: skip
+    if summary.get("faiss_gpu") is False:
+        lines.append("faiss-gpu anchors omitted: faiss has no GPU support here (pip uninstall faiss-cpu, then "
+                     "pip install faiss-gpu-cu12)")  # fmt: skip
     lines.append("steps: " + ", ".join(f"{name} {step.get('status')} ({step.get('seconds', 0):.0f} s)"
                                        for name, step in summary["steps"].items()))  # fmt: skip
     lines.append(f"{'kernel':<26} {'parity on device':<18} {'ms':>8} {'vs ref':>7} {'ceiling':>13}  anchors (x ours)")
