@@ -201,12 +201,13 @@ def test_gram_cache_bounded_evicts_and_precomputes(monkeypatch) -> None:
     y, dictionary = problem(400, 24, 6, seed=8, correlated=True)
     direct = omp(y, dictionary, 10, gram=False)
     always_gram(monkeypatch)
-    small = DictionaryGram(dictionary, max_bytes=70 * 400 * 8)  # 70 columns: fewer than the 60 x ... used overall
-    assert small.capacity == 70
+    small = DictionaryGram(dictionary, max_bytes=25 * 400 * 8)  # 25 columns: a call needs <= 20, three calls 60
+    assert small.capacity == 25
     for start in range(0, 6, 2):  # three calls of two signals: columns are replaced between calls
         part = omp(y[start : start + 2], dictionary, 10, gram=small)
         assert torch.equal(part.indices, direct.indices[start : start + 2])
-        assert small.storage.shape[0] <= 70 and small.nbytes <= 70 * 400 * 8
+        assert small.storage.shape[0] <= 25 and small.nbytes <= 25 * 400 * 8
+    assert small.computed > 25  # columns were replaced
     assert int((small.owner >= 0).sum()) == len(set(small.owner[small.owner >= 0].tolist()))  # no atom twice
     cached = small.slot >= 0
     assert torch.equal(small.owner[small.slot[cached]], torch.nonzero(cached).flatten())  # slots consistent
