@@ -275,16 +275,13 @@ def _check(signals: object, dictionary: object, n_nonzero: int | None, tol: floa
     assert isinstance(signals, Tensor) and isinstance(dictionary, Tensor)
     if signals.dim() != 2:
         raise ValueError(f"{FUNCTION}: argument 'signals' must be [P, E], got shape {list(signals.shape)}")
+    expected = None
     if dictionary.dim() != 2 or dictionary.shape[0] == 0:
-        raise ValueError(
-            f"{FUNCTION}: argument 'dictionary' must be a non-empty [M, E] matrix of atoms, got shape "
-            f"{list(dictionary.shape)}"
-        )
-    if dictionary.shape[1] != signals.shape[1]:
-        raise ValueError(
-            f"{FUNCTION}: argument 'dictionary' must have width {signals.shape[1]} (E, the size of the signals), "
-            f"got shape {list(dictionary.shape)}"
-        )
+        expected = "be a non-empty [M, E] matrix of atoms"
+    elif dictionary.shape[1] != signals.shape[1]:
+        expected = f"have width {signals.shape[1]} (E, the size of the signals)"
+    if expected is not None:
+        raise ValueError(f"{FUNCTION}: argument 'dictionary' must {expected}, got shape {list(dictionary.shape)}")
     if signals.device != dictionary.device:
         raise ValueError(
             f"{FUNCTION}: arguments 'signals' and 'dictionary' must be on the same device, got {signals.device} "

@@ -95,6 +95,7 @@ def check(
         print("vision-kernels gpu-check: run it inside a vision-kernels checkout (or give --source): the build and "
               "the parity tests need the sources and python_tests/", file=sys.stderr)  # fmt: skip
         return 1
+    context_nvcc: dict[str, Any] = {}
     work = out.parent / "gpu_check_work"
     work.mkdir(parents=True, exist_ok=True)
     if build:
@@ -104,6 +105,7 @@ def check(
             print("vision-kernels gpu-check: no nvcc on PATH (and CUDACXX unset): install the CUDA toolkit to build "
                   "the kernels for this device", file=sys.stderr)  # fmt: skip
             return 1
+        context_nvcc = {"nvcc": nvcc, "nvcc_cuda_major": nvcc_major(nvcc)}
         command, env = build_command(python, source, device)
         steps["build"] = _step(command, source, budget / 2, log, **env)
     cwd = source / "python_tests" if source is not None else work
@@ -131,6 +133,7 @@ def check(
             rows = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
     context = {"device": device.name, "arch": device.arch, "memory_gib": round(device.memory_gib, 1),
                "budget_s": budget, "source": str(source) if source else None}  # fmt: skip
+    context.update(context_nvcc)
     context.update(_installed_versions(cwd))
     summary = report.summarize(records, rows, steps, context)
     print(report.format_screen(summary))

@@ -159,11 +159,9 @@ def omp_vs_sklearn(quick: bool) -> Contenders:
     "clip_neurons",
     "orthogonal_matching_pursuit 1 direction x 20,000 texts x 768 dims x 64 non-zeros, a new direction per call, "
     "with the dictionary's DictionaryGram kept across calls, vs scikit-learn (quick: 5,000 texts)",
-    repeats=5,
 )
 def omp_one_signal(quick: bool) -> Contenders:
-    from vision_kernels.clip import orthogonal_matching_pursuit
-    from vision_kernels.clip.sparse import DictionaryGram
+    from vision_kernels.clip import DictionaryGram, orthogonal_matching_pursuit
 
     texts, nonzero, calls = (5_000, 64, 16) if quick else (20_000, 64, 16)
     signals, bank = _omp_problem(calls, texts, 768)
