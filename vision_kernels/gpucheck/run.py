@@ -80,10 +80,12 @@ def check(
     tests: bool = True,
     bench: bool = True,
     budget: float = 600.0,
-    log: TextIO = sys.stderr,
+    log: TextIO | None = None,
     find: Callable[[], tuple[Device | None, str]] = find_device,
 ) -> int:
-    """Run the check; returns the exit code (0 pass, 1 fail, :data:`NO_DEVICE` without a device)."""
+    """Run the check; returns the exit code (0 pass, 1 fail, :data:`NO_DEVICE` without a device). Progress goes
+    to ``log`` (default: the current ``sys.stderr``)."""
+    log = log if log is not None else sys.stderr
     device, reason = find()
     if device is None:
         print(f"vision-kernels gpu-check: no CUDA device, nothing checked: {reason}", file=sys.stderr)
