@@ -8,6 +8,8 @@
 #   make dev        editable install for development (incremental C++ rebuilds in build/dev)
 #   make wheel      release wheel in ./dist: no test-only files, repaired to a manylinux tag
 #   make oldest-torch  that wheel next to the oldest torch pyproject.toml allows, smoke tests
+#   make gpu-check  on a machine with a CUDA device: build for it, parity tests + benchmarks on it
+#                   (exit 77 without a usable device; vision_kernels/gpucheck/__init__.py)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -38,7 +40,9 @@ SMOKE_TESTS ?= test_build.py test_packaging.py test_distance.py runs
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.vk-deps
 
-.PHONY: demo test bench sanitize install dev wheel oldest-torch clean
+GPU_CHECK_ARGS ?=
+
+.PHONY: demo test bench sanitize install dev wheel oldest-torch gpu-check clean
 
 $(DEPS):
 	$(PYTHON) -m venv $(VENV)
@@ -113,5 +117,12 @@ oldest-torch: wheel
 bench: install
 	$(BIN)/python benchmarks/run.py --json bench_output/benchmarks.json --markdown bench_output/benchmarks.md
 
+# Runs from the checkout (python -m from here imports the sources, before anything is built): finds the
+# device with torch, pip-installs ".[test]" with VK_CUDA=ON and CUDAARCHS=<its arch>, then the parity tests
+# (VK_KERNEL_DEVICE=cuda) and the GPU benchmarks from the installed package; JSON in gpu_check_output/.
+gpu-check: $(DEPS)
+	mkdir -p gpu_check_output
+	$(BIN)/python -m vision_kernels.gpucheck --source . --json gpu_check_output/gpu_check.json $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf build dist demo_output bench_output
+	rm -rf build dist demo_output bench_output gpu_check_output

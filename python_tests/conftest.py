@@ -36,7 +36,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``emulation`` run CUDA kernels through vision_kernels._C_emu."""
+    """Tests marked ``emulation`` run CUDA kernels through vision_kernels._C_emu, or on the device named by
+    VK_KERNEL_DEVICE (vision_kernels.testing; the tests of the harness itself are skipped then)."""
+    from vision_kernels import testing
+
+    device = testing.kernel_device()
+    if device != "emulation":
+        reason = testing.kernel_device_unavailable(device)
+        for item in items:
+            if "emulation" in item.keywords and (reason or item.path.name == "test_emulation_harness.py"):
+                item.add_marker(pytest.mark.skip(reason=reason or "tests the host emulation harness, not a kernel"))
+        return
     if vision_kernels.build_info()["emulation_available"]:
         return
     skip = pytest.mark.skip(reason="vision_kernels._C_emu was not built (no CUDA toolkit headers at build time)")

@@ -2,7 +2,11 @@
 
 * :func:`emulated` runs an op's *CUDA kernel* on CPU tensors through the host emulation harness
   (``vision_kernels._C_emu``): the kernel's own source, block by block, one host thread per
-  CUDA thread. This is how CUDA kernels are executed in CI on machines without a GPU.
+  CUDA thread. This is how CUDA kernels are executed in CI on machines without a GPU. With the
+  environment variable ``VK_KERNEL_DEVICE=cuda`` (or ``cuda:N``) it runs the same kernel on the device
+  instead (:func:`on_device`: inputs moved there, results brought back to the CPU), so that the same
+  parity tests check the real CUDA kernels (``vision-kernels gpu-check``); ``VK_KERNEL_DEVICE=cpu`` routes
+  them through the op's dispatch on CPU tensors (a check of that path on machines without a GPU).
 * :func:`assert_low_precision_parity` is the fp16/bf16 contract: the kernel's error against a
   float64 ground truth is at most ``factor`` times the error of the plain-PyTorch reference run
   in the same low precision (as flash-attention's tests do), plus a small absolute floor.
@@ -13,15 +17,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils import _pytree
 
 from . import _native
 
 __all__ = [
     "emulated",
+    "on_device",
+    "kernel_device",
+    "kernel_device_unavailable",
+    "KERNEL_CALLS",
     "emulation_available",
     "tolerances",
     "assert_low_precision_parity",
@@ -36,21 +46,86 @@ def emulation_available() -> bool:
     return _native.emulation_available()
 
 
-def emulated(op: Any) -> Callable[..., Any]:
-    """The emulated CUDA kernel of ``op`` (an op name like ``"vision_kernels::sq_l2_distance"``
-    or its ``torch.ops`` handle), taking the op's arguments as CPU tensors."""
+KERNEL_DEVICE_VARIABLE = "VK_KERNEL_DEVICE"
+KERNEL_CALLS: list[str] = []
+"""Names of the ops whose kernel :func:`on_device` ran (``vision-kernels gpu-check`` attributes tests by them)."""
+
+
+def kernel_device() -> str:
+    """Where :func:`emulated` runs CUDA kernels: ``"emulation"`` (default), ``"cuda"``/``"cuda:N"`` or ``"cpu"``."""
+    value = os.environ.get(KERNEL_DEVICE_VARIABLE, "").strip() or "emulation"
+    if value not in ("emulation", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+        raise ValueError(
+            f"vision_kernels.testing: environment variable {KERNEL_DEVICE_VARIABLE} must be emulation, cuda, "
+            f"cuda:N or cpu, got {value!r}"
+        )
+    return value
+
+
+def kernel_device_unavailable(device: str) -> str | None:
+    """Why CUDA kernels cannot run on ``device`` (None when they can)."""
+    from . import build_info
+
+    if device == "emulation":
+        return None if emulation_available() else "vision_kernels._C_emu was not built"
+    if device == "cpu":
+        return None
+    info = build_info()
+    if not info["gpu_available"]:
+        return f"no usable CUDA device: {info['gpu_reason']}"
+    index = int(device[5:]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        return f"{device} does not exist ({torch.cuda.device_count()} CUDA devices)"
+    return None
+
+
+def _qualified(op: Any) -> str:
     import vision_kernels.ops  # noqa: F401  (imports every op module, registering its kernels)
 
     from .ops import _registry
 
     name = _registry.qualified_name(op)
-    try:
-        return _registry.EMULATED_KERNELS[name]
-    except KeyError:
+    if name not in _registry.EMULATED_KERNELS:
         known = ", ".join(sorted(_registry.EMULATED_KERNELS))
-        raise KeyError(
-            f"vision_kernels.testing.emulated: no CUDA kernel registered for {name!r}; known: {known}"
-        ) from None
+        raise KeyError(f"vision_kernels.testing.emulated: no CUDA kernel registered for {name!r}; known: {known}")
+    return name
+
+
+def on_device(op: Any, device: str) -> Callable[..., Any]:
+    """``op`` called through its dispatch on ``device`` with CPU arguments (like the emulated kernel, it refuses
+    others): every tensor argument is moved to ``device`` (gradients flow back), the results come back to the CPU."""
+    name = _qualified(op)
+    namespace, op_name = name.split("::")
+    packet = getattr(getattr(torch.ops, namespace), op_name)
+
+    def to_device(value: Any) -> Any:
+        return value.to(device) if isinstance(value, torch.Tensor) and value.device.type == "cpu" else value
+
+    def to_cpu(value: Any) -> Any:
+        return value.cpu() if isinstance(value, torch.Tensor) else value
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from .ops import _registry
+
+        _registry.check_devices(name, args, kwargs, "cpu")  # the emulated kernel's contract: CPU arguments
+        KERNEL_CALLS.append(name)
+        moved_args, moved_kwargs = _pytree.tree_map(to_device, (args, kwargs))
+        return _pytree.tree_map(to_cpu, packet(*moved_args, **moved_kwargs))
+
+    return run
+
+
+def emulated(op: Any) -> Callable[..., Any]:
+    """The emulated CUDA kernel of ``op`` (an op name like ``"vision_kernels::sq_l2_distance"``
+    or its ``torch.ops`` handle), taking the op's arguments as CPU tensors; on the device of
+    ``VK_KERNEL_DEVICE`` when that is set (see the module docstring)."""
+    from .ops import _registry
+
+    name = _qualified(op)
+    device = kernel_device()
+    if device != "emulation":
+        return on_device(name, device)
+    return _registry.EMULATED_KERNELS[name]
 
 
 def tolerances(dtype: torch.dtype) -> dict[str, float]:

@@ -19,9 +19,10 @@ def _cases() -> dict:
 
 def test_benchmark_cases_are_registered() -> None:
     names = list(_cases())
-    assert len(names) == 6
-    for wanted in ("second_order_effects op", "neuron_effects", "orthogonal_matching_pursuit", "HeadIndex flat build",
-                   "HeadIndex IVF build", "HeadIndex query"):  # fmt: skip
+    assert len(names) == 7
+    for wanted in ("second_order_effects op", "neuron_effects", "orthogonal_matching_pursuit 512",
+                   "orthogonal_matching_pursuit 1 direction", "HeadIndex flat build", "HeadIndex IVF build",
+                   "HeadIndex query"):  # fmt: skip
         assert any(name.startswith(wanted) for name in names), wanted
 
 
@@ -32,12 +33,18 @@ def test_op_case_contenders_agree() -> None:
     assert contenders.flops and contenders.flops > 0
 
 
-def test_omp_case_checks_parity_with_scikit_learn() -> None:
-    case = next(c for name, c in _cases().items() if name.startswith("orthogonal_matching_pursuit"))
+@pytest.mark.parametrize("prefix", ["orthogonal_matching_pursuit 512", "orthogonal_matching_pursuit 1 direction"])
+def test_omp_case_checks_parity_with_scikit_learn(prefix: str) -> None:
+    case = next(c for name, c in _cases().items() if name.startswith(prefix))
     contenders = case.setup(True)
     assert contenders.metrics["same_support_fraction"] == 1.0
     assert contenders.metrics["max_coef_diff"] < 1e-4
-    assert contenders.ours().shape == (32, 2_000)
+    direct = contenders.anchors["ours without the Gram form (gram=False)"]()
+    assert contenders.ours().dense().shape == direct.dense().shape == (32 if "512" in prefix else 1, case_atoms(prefix))
+
+
+def case_atoms(prefix: str) -> int:
+    return 2_000 if "512" in prefix else 5_000
 
 
 def test_index_query_case_flat_equals_brute_force() -> None:

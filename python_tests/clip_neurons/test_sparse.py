@@ -12,6 +12,8 @@ from sklearn.linear_model import OrthogonalMatchingPursuit, orthogonal_mp
 
 import vision_kernels.clip as vc
 from vision_kernels.clip import orthogonal_matching_pursuit as omp
+from vision_kernels.clip import sparse
+from vision_kernels.clip.sparse import DictionaryGram
 
 
 def problem(atoms: int, embed: int, signals: int, seed: int = 0, dtype=torch.float64, correlated: bool = False):
@@ -166,3 +168,102 @@ def test_sparse_text_decomposition() -> None:
         vc.sparse_text_decomposition(directions, embeddings, texts[:3])
     with pytest.raises(ValueError, match=r"argument 'dictionary' must have width 12"):
         vc.sparse_text_decomposition(directions, embeddings[:, :5])
+
+
+def always_gram(monkeypatch) -> None:
+    """Make every step after the first take the Gram form (whatever its cost)."""
+    original = sparse._gram_union
+    monkeypatch.setattr(sparse, "_gram_union", lambda indices, steps, gram, cost: original(indices, steps, gram, 1e30))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("atoms", "embed", "signals", "nonzero", "correlated"),
+                         [(300, 40, 17, 12, False), (500, 32, 9, 24, True), (50, 64, 5, 50, False)])  # fmt: skip
+def test_gram_form_matches_sklearn_and_the_direct_form(monkeypatch, dtype, atoms, embed, signals, nonzero, correlated):
+    y, dictionary = problem(atoms, embed, signals, dtype=dtype, correlated=correlated)
+    direct = omp(y, dictionary, nonzero, gram=False)
+    always_gram(monkeypatch)
+    gram = DictionaryGram(dictionary)
+    cached = omp(y, dictionary, nonzero, gram=gram)
+    assert gram.computed > 0  # the Gram form really ran
+    assert torch.equal(cached.indices, direct.indices) and torch.equal(cached.counts, direct.counts)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(cached.coefficients, direct.coefficients, rtol=0, atol=tolerance)
+    want = sklearn_codes(y, dictionary, n_nonzero_coefs=nonzero)
+    got = cached.dense().double().numpy()
+    assert ((got != 0) == (want != 0)).all() and np.abs(got - want).max() <= tolerance * max(1.0, np.abs(want).max())
+    again = omp(y, dictionary, nonzero, gram=gram)  # second call: every column served from the cache
+    computed = gram.computed
+    assert torch.equal(again.indices, direct.indices) and gram.computed == computed
+
+
+def test_gram_cache_bounded_evicts_and_precomputes(monkeypatch) -> None:
+    y, dictionary = problem(400, 24, 6, seed=8, correlated=True)
+    direct = omp(y, dictionary, 10, gram=False)
+    always_gram(monkeypatch)
+    small = DictionaryGram(dictionary, max_bytes=25 * 400 * 8)  # 25 columns: a call needs <= 20, three calls 60
+    assert small.capacity == 25
+    for start in range(0, 6, 2):  # three calls of two signals: columns are replaced between calls
+        part = omp(y[start : start + 2], dictionary, 10, gram=small)
+        assert torch.equal(part.indices, direct.indices[start : start + 2])
+        assert small.storage.shape[0] <= 25 and small.nbytes <= 25 * 400 * 8
+    assert small.computed > 25  # columns were replaced
+    assert int((small.owner >= 0).sum()) == len(set(small.owner[small.owner >= 0].tolist()))  # no atom twice
+    cached = small.slot >= 0
+    assert torch.equal(small.owner[small.slot[cached]], torch.nonzero(cached).flatten())  # slots consistent
+    full = DictionaryGram(dictionary).precompute()
+    torch.testing.assert_close(full.rows(torch.tensor([3, 7])), (dictionary @ dictionary.T)[[3, 7]])
+    assert torch.equal(omp(y, dictionary, 10, gram=full).indices, direct.indices)
+    with pytest.raises(ValueError, match=r"DictionaryGram.precompute: the whole Gram matrix \(400 columns\) exceeds"):
+        small.precompute()
+
+
+def test_gram_ties_and_degenerate_atoms(monkeypatch) -> None:
+    # Each atom twice (exact ties, linearly dependent pairs) and a zero signal: same early stops in both forms.
+    y, dictionary = problem(5, 40, 6, seed=3)
+    doubled = torch.cat([dictionary, dictionary])
+    y[0] = 0
+    direct = omp(y, doubled, 8, gram=False)
+    always_gram(monkeypatch)
+    cached = omp(y, doubled, 8, gram=DictionaryGram(doubled))
+    # An exact tie goes to either copy of an atom, by rounding (in scikit-learn too): same atoms modulo the copy.
+    assert torch.equal(cached.indices.remainder(5), direct.indices.remainder(5))
+    assert torch.equal(cached.counts, direct.counts)
+    assert int(cached.counts[0]) == 0 and bool((cached.counts[1:] == 5).all())
+    torch.testing.assert_close(cached.coefficients, direct.coefficients)
+    torch.testing.assert_close(cached.reconstruct(doubled), direct.reconstruct(doubled))
+
+
+def test_automatic_cache_follows_the_dictionary(monkeypatch) -> None:
+    always_gram(monkeypatch)
+    sparse.clear_gram_cache()
+    y, dictionary = problem(200, 16, 4, seed=9)
+    first = omp(y, dictionary, 6)
+    cache = sparse._auto_gram
+    assert cache is not None and cache.computed > 0
+    computed = cache.computed
+    omp(y, dictionary, 6)
+    assert sparse._auto_gram is cache and cache.computed == computed  # reused: nothing recomputed
+    dictionary[:100] = dictionary[100:].clone()  # in-place change: the cached columns are stale
+    changed = omp(y, dictionary, 6)
+    assert sparse._auto_gram is not cache
+    assert torch.equal(changed.indices, omp(y, dictionary, 6, gram=False).indices)
+    assert not torch.equal(changed.indices, first.indices)
+    sparse.clear_gram_cache()
+    assert sparse._auto_gram is None
+
+
+def test_gram_belongs_to_one_dictionary() -> None:
+    y, dictionary = problem(30, 8, 3, seed=6)
+    gram = DictionaryGram(dictionary)
+    assert omp(y, dictionary.clone(), 3, gram=gram).counts.eq(3).all()  # equal values, another tensor: accepted
+    with pytest.raises(ValueError, match=r"argument 'gram' was built for another dictionary"):
+        omp(y, dictionary + 1, 3, gram=gram)
+    with pytest.raises(ValueError, match=r"argument 'gram' was built for another dictionary"):
+        omp(y.float(), dictionary.float(), 3, gram=gram)  # float32 computation, float64 cache
+    with pytest.raises(TypeError, match=r"argument 'gram' must be a DictionaryGram, True, False or None, got str"):
+        omp(y, dictionary, 3, gram="yes")
+    with pytest.raises(ValueError, match=r"argument 'dictionary' must be finite"):
+        DictionaryGram(dictionary * float("inf"))
+    with pytest.raises(ValueError, match=r"DictionaryGram: argument 'max_bytes' must be an int >= 0, got -1"):
+        DictionaryGram(dictionary, max_bytes=-1)

@@ -51,7 +51,14 @@ from .neurons import (
     neuron_effects,
     neuron_statistics,
 )
-from .sparse import SparseCode, TextDecomposition, orthogonal_matching_pursuit, sparse_text_decomposition
+from .sparse import (
+    DictionaryGram,
+    SparseCode,
+    TextDecomposition,
+    clear_gram_cache,
+    orthogonal_matching_pursuit,
+    sparse_text_decomposition,
+)
 from .spatial import average_precision, heatmaps, segment, segmentation_scores, text_heatmaps, token_contributions
 from .texts import (
     DEFAULT_TEMPLATES,
@@ -78,6 +85,8 @@ __all__ = [
     "NeuronStatistics",
     "SearchResult",
     "SparseCode",
+    "DictionaryGram",
+    "clear_gram_cache",
     "TextDecomposition",
     "TextSpanResult",
     "TopicSegmentation",

@@ -72,7 +72,7 @@ def cc_conv2d(
     matrices = weight.reshape(phases_y * phases_x, out_channels, channels * kh * kw)  # [G, O, C * kh * kw]
     out = input.new_zeros(batch, out_channels, size[0] * size[1])
     for g in range(phases_y * phases_x):
-        pixels = torch.nonzero(group == g).flatten()
+        pixels = torch.nonzero(group == g).flatten().to(input.device)  # the phase tables are built on the CPU
         out = out.index_copy(2, pixels, matrices[g] @ columns[:, :, pixels])
     if bias is not None:
         out = out + bias[None, :, None]
