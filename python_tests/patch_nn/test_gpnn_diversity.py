@@ -64,3 +64,27 @@ def test_initial_guess_option(cat) -> None:
     assert float((per_channel[..., 0] - per_channel[..., 1]).abs().mean()) > 0.3
     with pytest.raises(ValueError, match=r"argument 'initial_guess' must be one of \('source', 'noise'\)"):
         GPNNConfig(initial_guess="zeros")
+
+
+def _parse(module, group: str, argv: list[str]):  # type: ignore[no-untyped-def]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    module.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args([group, *argv])
+
+
+def test_command_line_defaults_are_the_configs(tmp_path) -> None:
+    """The gpnn / vgpnn commands take every default from GPNNConfig / video_config (no default of
+    their own that would bypass the issue-15 start) and expose the start as --initial-guess."""
+    from vision_kernels.patchnn import cli, video_cli, video_config
+
+    image, video, out = str(tmp_path / "in.png"), str(tmp_path / "in.mp4"), str(tmp_path / "out.png")
+    assert cli._config(_parse(cli, "gpnn", ["generate", image, "-o", out])) == GPNNConfig()
+    changed = cli._config(_parse(cli, "gpnn", ["generate", image, "-o", out, "--initial-guess", "source"]))
+    assert changed == GPNNConfig(initial_guess="source")
+    shape = (13, 72, 128, 3)
+    args = _parse(video_cli, "vgpnn", ["generate", video, "-o", str(tmp_path / "o.mp4")])
+    assert video_cli._config(args, shape) == video_config(shape)
+    args = _parse(video_cli, "vgpnn", ["generate", video, "-o", str(tmp_path / "o.mp4"), "--initial-guess", "source"])
+    assert video_cli._config(args, shape) == video_config(shape, initial_guess="source")

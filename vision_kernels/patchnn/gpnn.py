@@ -218,6 +218,131 @@ def pyramid_plan(
     return scaled_shapes(source_shape, scales), scaled_shapes(output_shape, scales)
 
 
+@dataclass(frozen=True)
+class _Level:
+    """What the PNN steps of one pyramid level read (fixed for all its steps)."""
+
+    values: Tensor  # [T, H, W, C] source at this level
+    first_keys: Tensor  # [T, H, W, C] keys of the first step: the coarser source upscaled (a blurred x_l)
+    config: GPNNConfig  # with this level's search backend (search="auto" chooses per level)
+    hole: Tensor | None = None  # bool [T, H, W] over the output, True = to fill (inpainting)
+    query_mask: Tensor | None = None  # bool query patch grid: the patches searched
+    key_mask: Tensor | None = None  # bool key patch grid: the patches allowed as matches
+    guide_out: Tensor | None = None  # [T, H, W, G] guide channels appended to the queries
+    guide_src: Tensor | None = None  # [T, H, W, G] guide channels appended to the keys
+    guide_only_first: bool = False  # the first step matches on the guides alone
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The fixed inputs of one :func:`synthesize` run, finest level first."""
+
+    sources: list[Tensor]  # source pyramid, [T_l, H_l, W_l, C] each
+    source_shapes: list[tuple[int, int, int]]
+    output_shapes: list[tuple[int, int, int]]
+    holes: list[Tensor] | None  # bool [T_l, H_l, W_l] per level
+    key_masks: Sequence[Tensor] | None
+    guides: tuple[Tensor, Tensor] | None
+    guided: frozenset[int]  # levels that use the guides
+    guide_only_start: bool
+
+    def level(self, level: int, config: GPNNConfig) -> _Level:
+        """The tensors and the search backend of pyramid level ``level``."""
+        values = self.sources[level]
+        coarsest = level == len(self.sources) - 1
+        first_keys = values if coarsest else resize(self.sources[level + 1], self.source_shapes[level])
+        hole = query_mask = key_mask = None
+        if self.holes is not None:
+            hole = self.holes[level]
+            key_mask = valid_patch_mask(~hole, config.patch)
+            query_mask = ~key_mask  # patches touching the hole
+        if self.key_masks is not None:
+            key_mask = self.key_masks[level] if key_mask is None else key_mask & self.key_masks[level]
+        guide_out = guide_src = None
+        if self.guides is not None and level in self.guided:
+            guide_out = resize(self.guides[0], self.output_shapes[level])  # [T, H, W, G]
+            guide_src = resize(self.guides[1], self.source_shapes[level])
+        channels = values.shape[-1] + (0 if guide_out is None else guide_out.shape[-1])
+        level_config = config
+        if config.search == "auto":
+            method = choose_search(
+                (*self.output_shapes[level], channels),
+                (*self.source_shapes[level], channels),
+                config.patch,
+                alpha=config.alpha,
+                exact_limit=config.exact_limit,
+                query_count=None if query_mask is None else int(query_mask.sum()),
+            )
+            level_config = config.with_(search=method)
+        return _Level(
+            values,
+            first_keys,
+            level_config,
+            hole,
+            query_mask,
+            key_mask,
+            guide_out,
+            guide_src,
+            guide_only_first=self.guide_only_start and coarsest,
+        )
+
+
+def _plan(
+    source: Tensor,
+    output_shape: Sequence[int],
+    config: GPNNConfig,
+    hole: Tensor | None,
+    key_masks: Sequence[Tensor] | None,
+    guides: tuple[Tensor, Tensor] | None,
+    guide_levels: int | None,
+    guide_only_start: bool,
+) -> _Plan:
+    source_shapes, output_shapes = pyramid_plan(source.shape, output_shape, config)
+    _fit_patch(config, source_shapes + output_shapes)
+    holes = None
+    if hole is not None:
+        if tuple(output_shape) != tuple(source.shape[:3]):
+            raise ValueError("vision_kernels.patchnn: inpainting keeps the source's shape")
+        holes = [resize(hole.float()[..., None], s)[..., 0] > 0 for s in source_shapes]
+    levels = len(source_shapes)
+    guided = frozenset(range(levels) if guide_levels is None else range(max(0, levels - guide_levels), levels))
+    sources = build_pyramid(source, source_shapes)
+    return _Plan(sources, source_shapes, output_shapes, holes, key_masks, guides, guided, guide_only_start)
+
+
+def _schedule(levels: int, config: GPNNConfig) -> list[tuple[int, int]]:
+    """``(level, step)`` of every PNN step, coarsest level first."""
+    coarsest_steps = config.iterations if config.coarsest_iterations is None else config.coarsest_iterations
+    return [
+        (level, step)
+        for level in reversed(range(levels))
+        for step in range(coarsest_steps if level == levels - 1 else config.iterations)
+    ]
+
+
+def _level_step(y: Tensor, level: _Level, step: int, seed: int, index: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One PNN step at ``level`` on the current output ``y [T, H, W, C]``: ``(new y, chosen key indices)``."""
+    keys = level.first_keys if step == 0 else level.values
+    if level.hole is not None:
+        y = torch.where(level.hole[..., None], y, level.values)  # pixels outside the hole are the source's
+    queries = y
+    if level.guide_out is not None and level.guide_src is not None:
+        start = level.guide_only_first and step == 0
+        queries = torch.cat([torch.zeros_like(y) if start else y, level.guide_out.to(y)], dim=-1)
+        keys = torch.cat([torch.zeros_like(keys) if start else keys, level.guide_src.to(keys)], dim=-1)
+    voted, index = pnn_step(
+        queries,
+        keys,
+        level.values,
+        level.config,
+        query_mask=level.query_mask,
+        key_mask=level.key_mask,
+        seed=seed + step,
+        init=index,
+    )
+    return (voted if level.hole is None else torch.where(level.hole[..., None], voted, level.values)), index
+
+
 def synthesize(
     source: Tensor,
     coarse_guess: Tensor,
@@ -258,72 +383,16 @@ def synthesize(
     Returns:
         ``[T, H, W, C]`` output.
     """
-    source_shapes, output_shapes = pyramid_plan(source.shape, output_shape, config)
-    _fit_patch(config, source_shapes + output_shapes)
-    sources = build_pyramid(source, source_shapes)  # finest first
-    holes = None
-    if hole is not None:
-        if tuple(output_shape) != tuple(source.shape[:3]):
-            raise ValueError("vision_kernels.patchnn: inpainting keeps the source's shape")
-        holes = [resize(hole.float()[..., None], s)[..., 0] > 0 for s in source_shapes]
-    y = resize(coarse_guess, output_shapes[-1]) if tuple(coarse_guess.shape[:3]) != output_shapes[-1] else coarse_guess
-    levels = len(source_shapes)
-    guided = set(range(levels) if guide_levels is None else range(max(0, levels - guide_levels), levels))
-    coarsest_steps = config.iterations if config.coarsest_iterations is None else config.coarsest_iterations
-    steps = [
-        (level, step)
-        for level in reversed(range(levels))
-        for step in range(coarsest_steps if level == levels - 1 else config.iterations)
-    ]
+    plan = _plan(source, output_shape, config, hole, key_masks, guides, guide_levels, guide_only_start)
+    y = coarse_guess
+    level = None
     index = None
-    level_config = config
-    guide_out = guide_src = None
-    for level, step in progress(steps, desc=desc, enabled=config.progress):
-        values = sources[level]
+    for number, step in progress(_schedule(len(plan.sources), config), desc=desc, enabled=config.progress):
         if step == 0:
-            if level < levels - 1:
-                y = resize(y, output_shapes[level])
-                keys = resize(sources[level + 1], source_shapes[level])  # blurred: upscaled coarser source
-            else:
-                keys = values
-            index = None
-            if guides is not None and level in guided:
-                guide_out = resize(guides[0], output_shapes[level])  # [T, H, W, G]
-                guide_src = resize(guides[1], source_shapes[level])
-            else:
-                guide_out = guide_src = None
-        else:
-            keys = values
-        query_mask = key_mask = None
-        if holes is not None:
-            known = ~holes[level]
-            y = torch.where(known[..., None], values, y)
-            key_mask = valid_patch_mask(known, config.patch)
-            query_mask = ~valid_patch_mask(known, config.patch)  # patches touching the hole
-        if key_masks is not None:
-            key_mask = key_masks[level] if key_mask is None else key_mask & key_masks[level]
-        queries = y
-        if guide_out is not None and guide_src is not None:
-            start = guide_only_start and level == levels - 1 and step == 0
-            queries = torch.cat([torch.zeros_like(y) if start else y, guide_out.to(y)], dim=-1)
-            keys = torch.cat([torch.zeros_like(keys) if start else keys, guide_src.to(keys)], dim=-1)
-        if step == 0:
-            level_config = config
-            if config.search == "auto":
-                count = None if query_mask is None else int(query_mask.sum())
-                method = choose_search(
-                    queries.shape,
-                    keys.shape,
-                    config.patch,
-                    alpha=config.alpha,
-                    exact_limit=config.exact_limit,
-                    query_count=count,
-                )
-                level_config = config.with_(search=method)
-        voted, index = pnn_step(
-            queries, keys, values, level_config, query_mask=query_mask, key_mask=key_mask, seed=seed + step, init=index
-        )
-        y = voted if holes is None else torch.where(holes[level][..., None], voted, values)
+            y = resize(y, plan.output_shapes[number]) if tuple(y.shape[:3]) != plan.output_shapes[number] else y
+            level, index = plan.level(number, config), None
+        assert level is not None
+        y, index = _level_step(y, level, step, seed, index)
     return y
 
 
