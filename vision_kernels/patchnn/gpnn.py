@@ -37,8 +37,8 @@ INITIAL_GUESSES = ("source", "noise")
 
 @dataclass(frozen=True)
 class GPNNConfig:
-    """Settings of GPNN; the defaults are the paper's / official code's, except the initial guess
-    of random generation (noise alone, see below).
+    """Settings of GPNN; the defaults are the paper's / official code's, except the noise of random
+    generation's start (1.5 instead of 0.75, see below) and one PNN step at the coarsest level.
 
     Attributes:
         patch_size: ``p`` (``p x p`` spatial patches), ``(ph, pw)`` or ``(pt, ph, pw)``. Default 7.
@@ -47,18 +47,19 @@ class GPNNConfig:
         temporal_ratio: temporal downscale between levels (1: none; videos only).
         coarsest_frames: fewest frames at any level (videos only).
         iterations: PNN steps per level (10).
-        coarsest_iterations: PNN steps at the coarsest level (None: ``iterations``). Repeated steps
-            at the coarsest level drift toward the source's own layout (the identity match is a
-            fixed point that spreads), so fewer steps there keep random samples diverse.
+        coarsest_iterations: PNN steps at the coarsest level (None: ``iterations``;
+            :func:`~vision_kernels.patchnn.generate` uses 1). Repeated steps at the coarsest level
+            drift toward the source's own layout (the identity match is a fixed point that spreads),
+            so fewer steps there keep random samples diverse.
         alpha: completeness weight of the normalized score on the scale of ``D``, the mean squared
             difference of [0, 1] pixels (0.005); ``None`` for plain nearest neighbours.
         noise_std: standard deviation of the noise added to the coarsest initial guess of random
-            generation (0.75, one draw per pixel shared by the channels).
+            generation (1.5, one draw per pixel shared by the channels; the official code's 0.75
+            returns the source itself for many seeds, see below).
         initial_guess: coarsest start of random generation (see :func:`initial_guess`):
-            ``"noise"`` (default: the source's mean colour plus noise, i.e. noise alone, as
-            Efficient-GPNN's ``init_from="zeros"``) or ``"source"`` (the coarsest source level plus
-            noise, the official GPNN code's, and this package's default before issue 15). With
-            ``"source"`` many samples are the source itself; see "Why samples collapse" below.
+            ``"source"`` (default: the coarsest source level plus noise, the paper's and the official
+            code's) or ``"noise"`` (the source's mean colour plus noise, i.e. noise alone, as
+            Efficient-GPNN's ``init_from="zeros"``; no copies, but samples less coherent).
         search: ``"exact"`` (exact kernel), ``"patchmatch"`` (approximate), ``"faiss"``
             (``alpha=None`` only) or ``"auto"`` (exact while a level's brute-force work is within
             ``exact_limit``, else PatchMatch; chosen per level and logged, see
@@ -72,30 +73,38 @@ class GPNNConfig:
         progress: show a progress bar (None: the global vision_kernels setting).
 
     Why samples collapse onto the source (issue 15; figures in ``docs/gpnn_diversity.md``). With the
-    ``"source"`` start, seed 0 of astronaut and of chelsea at 128 px came back as the source exactly
-    (identity fraction 1, D = 0). The causes, in order of weight:
+    official settings (source start, noise 0.75), seed 0 of astronaut and of chelsea at 128 px came
+    back as the source exactly (identity fraction 1, D = 0). The causes, in order of weight:
 
-    * The initial guess. ``x_L + n`` still carries the source's layout: for a query ``x_i + n`` the
-      score gap to another key is ``D(x_i, k_j) + 2 <n, x_i - k_j> / n_values``, so the noise only
-      moves a query away from its own position where its correlation with ``x_i - k_j`` beats the
-      content difference, and a 7x7 patch averages 49 noise draws. Many coarsest queries find their
-      own position, these identity patches agree where they overlap, and the identity arrangement is
-      a fixed point of the PNN step (a patch at home finds itself at ``D = 0``) that every finer
-      level inherits and spreads. Starting from noise alone removes the pull: no sample measured
-      (images, 36 to 250 px) had an identity fraction above 0.02.
-    * Steps at the coarsest level: each further step moves the output closer to that fixed point
-      (4 of 6 samples of 80-px images were copies with 10 steps, none with 1), hence
-      ``coarsest_iterations = 1`` in :func:`~vision_kernels.patchnn.generate`.
+    * The noise against the patch distances. For a query ``x_i + s n`` (``n`` standard normal,
+      ``x_i`` the source patch at its own position) the score gap to another key ``k_j`` is, in
+      patch sums, ``|d_j|^2 + 2 s <n, d_j>`` with ``d_j = x_i - k_j``; ``<n, d_j>`` is normal with
+      standard deviation ~``|d_j|``, so ``k_j`` beats the identity with probability
+      ``Phi(-|d_j| / (2 s))``. A 7x7 patch sums 49 noise draws, and where every other key differs
+      by much more than ``2 s`` (textured or unique patches) the query stays at home. These identity
+      patches agree where they overlap, and the identity arrangement is a fixed point of the PNN
+      step (a patch at home finds itself at ``D = 0``) that every finer level inherits and spreads.
+      With ``s = 0.75`` that keeps whole images; with ``s = 1.5`` the home match loses to the many
+      keys within ``|d| ~ 2 s`` (identity fractions at most 0.13 in the samples measured, most
+      below 0.01), while the source term ``|d_j|^2`` still favours keys that look like the query, so the
+      coarse layout is a plausible one (sky above ground, the cup's colours together).
+    * The start itself. Noise alone (``"noise"``) never copies (identity <= 0.03 everywhere
+      measured), but its queries ``m + s n`` are all equally far from the content, so the first
+      matches favour flat, mean-coloured patches and the layout has no large-scale structure: its
+      mean nearest-patch distance was 2.5x the official samples' on coffee at 128 px and 5-8x the
+      ``"source"`` start with noise 1.5 at 64 px.
+    * Steps at the coarsest level: each further step moves the output closer to the fixed point
+      (4 of 6 samples of 80-px images were copies with 10 steps, none with 1), hence one step in
+      :func:`~vision_kernels.patchnn.generate` (Efficient-GPNN makes the same choice).
     * Coarsest size against the patch: at 14 px a 7x7 patch covers half the shorter side, so there
-      are only 8 positions per column to re-arrange, and little room to leave the identity (an
-      argument; ``coarsest`` was not varied in the measurements).
-    * Noise level: a larger ``noise_std`` with the ``"source"`` start lowers the pull (1.5 on
-      36-px astronaut: identities at most 0.13 instead of up to 0.73) but keeps some of it.
+      are only 8 positions per column to re-arrange, and the layout has little room (an argument;
+      ``coarsest`` was not varied in the measurements).
     * ``alpha`` is on the scale of ``D`` here (mean squared difference), where 0.005 is several
       times a typical nearest ``D`` (~1e-3): the score is close to plain nearest neighbours. The
-      official code normalizes the Euclidean distance of the patch vector, ``sqrt(n_values D)``,
-      by ``alpha = 0.005`` on that scale, a far stronger completeness term. Completeness does not
-      oppose copying (the identity uses every key once); ``alpha`` was left at 0.005.
+      official code divides the patch sum of squares by ``alpha = 0.005`` plus the key's best sum,
+      i.e. ``alpha = 0.005 / 147 = 3.4e-5`` here, a far stronger completeness term. Completeness
+      does not oppose copying (the identity uses every key once), and on 64-px samples the official
+      scale raised D 2-4x; ``alpha`` stays at 0.005.
     """
 
     patch_size: int | tuple[int, ...] = 7
@@ -106,8 +115,8 @@ class GPNNConfig:
     iterations: int = 10
     coarsest_iterations: int | None = None
     alpha: float | None = 0.005
-    noise_std: float = 0.75
-    initial_guess: str = "noise"
+    noise_std: float = 1.5
+    initial_guess: str = "source"
     search: str = "exact"
     exact_limit: float = EXACT_WORK_LIMIT
     patchmatch_iterations: int = 6
