@@ -89,7 +89,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     files: list[Path] = []
 
     source = _image("chelsea", height)
-    seeds = (0, 1, 2, 3)  # seed 0: the official start returns the source itself
+    seeds = (0, 1, 2, 3)  # seed 0: the official start returned chelsea itself at 36 and 128 px
     rows = []
     for label, setting in _generation_settings(config):
         started = time.perf_counter()
