@@ -284,14 +284,14 @@ class _Plan:
             )
             level_config = config.with_(search=method)
         return _Level(
-            values,
-            first_keys,
-            level_config,
-            hole,
-            query_mask,
-            key_mask,
-            guide_out,
-            guide_src,
+            values=values,
+            first_keys=first_keys,
+            config=level_config,
+            hole=hole,
+            query_mask=query_mask,
+            key_mask=key_mask,
+            guide_out=guide_out,
+            guide_src=guide_src,
             guide_only_first=self.guide_only_start and coarsest,
         )
 
