@@ -11,12 +11,12 @@ from vision_kernels.patchnn import GPNNConfig, diversity, generate, sample_metri
 
 FAST = GPNNConfig(iterations=3, progress=False)
 SEEDS = (0, 1, 2, 3, 4)
-# A copy of the source scores identity 1; a re-arrangement scores near 0 (the defaults: <= 0.02 here).
+# A copy of the source scores identity 1; a re-arrangement scores near 0 (the defaults: <= 0.03 here).
 IDENTITY_BOUND = 0.2
 # Per-pixel std across the samples over the source's std: 0 for copies, ~0.5 for the defaults here.
 DIVERSITY_BOUND = 0.3
 # Mean nearest-patch distance per sample, ~2x the defaults' largest here (uniform noise scores ~8.6e-2).
-PATCH_BOUND = {"chelsea": 2.5e-3, "astronaut": 1.4e-2}
+PATCH_BOUND = {"chelsea": 2.5e-3, "astronaut": 1e-2}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_initial_guess_option(cat) -> None:
     from vision_kernels.patchnn import initial_guess
 
     x = cat[None]
-    assert FAST.initial_guess == "source" and FAST.noise_std == 1.5  # the defaults (issue 15)
+    assert FAST.initial_guess == "source" and FAST.noise_std == 2.5  # the defaults (issue 15)
     noise_start = initial_guess(x, x.shape[:3], FAST.with_(initial_guess="noise", noise_std=0.0), seed=0)
     assert torch.allclose(noise_start, x.mean(dim=(0, 1, 2)).expand_as(noise_start))
     source_start = initial_guess(x, x.shape[:3], FAST.with_(noise_std=0.0), seed=0)
@@ -65,7 +65,7 @@ def test_initial_guess_option(cat) -> None:
     assert torch.equal(a, initial_guess(x, x.shape[:3], FAST, seed=1))
     noise = a - source_start  # [1, H, W, 3]
     torch.testing.assert_close(noise[..., 0], noise[..., 1])  # one draw per pixel, shared by the channels
-    assert 1.3 < float(noise.std()) < 1.7  # noise_std 1.5
+    assert 2.2 < float(noise.std()) < 2.8  # noise_std 2.5
     alone = initial_guess(x, x.shape[:3], FAST.with_(initial_guess="noise"), seed=1) - noise_start
     torch.testing.assert_close(alone, noise)  # the same draw on either base
     per_channel = initial_guess(x, x.shape[:3], FAST, seed=1, per_channel=True) - source_start

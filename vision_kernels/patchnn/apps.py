@@ -40,7 +40,7 @@ def generate(
     ``y_L = x_L + n`` (``config.initial_guess = "source"``, the default: the coarsest source level
     resized to the output's coarsest shape) or ``y_L = mean colour of x + n`` (``"noise"``), with
     ``n ~ N(0, noise_std^2)`` per pixel (shared by channels), drawn from ``seed``; ``noise_std``
-    1.5 by default (the official code's 0.75 often returns the source itself: see
+    2.5 by default (the official code's 0.75 often returns the source itself: see
     :class:`~vision_kernels.patchnn.GPNNConfig`). ``size`` (``(H, W)``, or ``(T, H, W)`` for videos)
     gives a sample of another size. Measure samples with :mod:`vision_kernels.patchnn.metrics`.
 
