@@ -1,8 +1,8 @@
 """Demo section for the patch_nn family: GPNN on skimage sample images.
 
-* generation: random samples of one image, four seeds side by side for the default start (the
-  coarsest source level plus noise 2.5), for noise alone and for the official code's start (noise
-  0.75, which copies the source), captioned with each sample's identity fraction and each
+* generation: random samples of one image, four seeds side by side for the default start (noise
+  alone), for the coarsest source level plus noise 2.5 and for the official code's start (the
+  source plus noise 0.75, which copies the source), captioned with each sample's identity fraction and each
   setting's diversity (vision_kernels.patchnn.metrics);
 * retargeting: the same image made wider and narrower without stretching its content;
 * inpainting: a hole filled from the rest of the image (pixels outside the hole untouched);
@@ -50,9 +50,9 @@ def _np(x: torch.Tensor) -> np.ndarray:
 def _generation_settings(config: GPNNConfig) -> list[tuple[str, GPNNConfig]]:
     """The generation rows of the demo: the default config and the settings it replaced (issue 15)."""
     return [
-        ("default: coarsest source + noise 2.5", config),
-        ("noise alone (mean colour + noise 0.75)", config.with_(initial_guess="noise", noise_std=0.75)),
-        ("official: coarsest source + noise 0.75 (before issue 15)", config.with_(noise_std=0.75)),
+        ("default: noise alone (mean colour + noise 0.75)", config),
+        ("coarsest source + noise 2.5", config.with_(initial_guess="source", noise_std=2.5)),
+        ("official: coarsest source + noise 0.75 (before issue 15)", config.with_(initial_guess="source")),
     ]
 
 

@@ -37,11 +37,11 @@ def generate(
 ) -> Tensor:
     """Random sample from a single image: GPNN from a noisy start at the coarsest level.
 
-    ``y_L = x_L + n`` (``config.initial_guess = "source"``, the default: the coarsest source level
-    resized to the output's coarsest shape) or ``y_L = mean colour of x + n`` (``"noise"``), with
-    ``n ~ N(0, noise_std^2)`` per pixel (shared by channels), drawn from ``seed``; ``noise_std``
-    2.5 by default (the official code's 0.75 often returns the source itself: see
-    :class:`~vision_kernels.patchnn.GPNNConfig`). ``size`` (``(H, W)``, or ``(T, H, W)`` for videos)
+    ``y_L = mean colour of x + n`` (``config.initial_guess = "noise"``, the default) or
+    ``y_L = x_L + n`` (``"source"``: the coarsest source level resized to the output's coarsest
+    shape, the official code's start, which with its noise 0.75 often returns the source itself:
+    see :class:`~vision_kernels.patchnn.GPNNConfig`), with ``n ~ N(0, noise_std^2)`` per pixel
+    (shared by channels), drawn from ``seed``. ``size`` (``(H, W)``, or ``(T, H, W)`` for videos)
     gives a sample of another size. Measure samples with :mod:`vision_kernels.patchnn.metrics`.
 
     Unless ``config.coarsest_iterations`` is set, one PNN step is run at the coarsest level (the
