@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """GPNN / VGPNN random generation: the quality / diversity trade-off of several settings.
 
-    python benchmarks/gpnn_diversity.py --sizes 128 250 --seeds 10            # images, all settings
-    python benchmarks/gpnn_diversity.py --settings defaults noise --sizes 128  # some of them
+    python benchmarks/gpnn_diversity.py --report docs/gpnn_diversity.md --notes benchmarks/gpnn_diversity_notes.md
+        # issue 15's sweep: old and current defaults, 10 seeds x 3 images x 128 and 250 px, and the report
+    python benchmarks/gpnn_diversity.py --settings noise1.5 noisealone --sizes 64  # other settings
     python benchmarks/gpnn_diversity.py --video                                # VGPNN settings too
     python benchmarks/gpnn_diversity.py --report-only                          # table from the cache
 
@@ -42,13 +43,21 @@ IMAGES = ("astronaut", "chelsea", "coffee")
 OLD = {"initial_guess": "source", "noise_std": 0.75, "alpha": 0.005, "coarsest_iterations": 1}
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "old": ("source + noise 0.75, alpha 5e-3, 1 step at coarsest (old default)", OLD),
-    "defaults": ("GPNNConfig() (current default)", {}),
+    "defaults": ("GPNNConfig() (current default: mean colour + noise 0.75, the first round's noisealone)", {}),
     "coarse10": ("old, 10 steps at the coarsest level (the paper)", {**OLD, "coarsest_iterations": 10}),
+    "noise1.0": ("source + noise 1.0", {**OLD, "noise_std": 1.0}),
     "noise1.5": ("source + noise 1.5", {**OLD, "noise_std": 1.5}),
+    "noise2.5": ("source + noise 2.5", {**OLD, "noise_std": 2.5}),
     "noise3": ("source + noise 3", {**OLD, "noise_std": 3.0}),
     "alpha5e-5": ("old, alpha 5e-5", {**OLD, "alpha": 5e-5}),
     "alpha5e-4": ("old, alpha 5e-4", {**OLD, "alpha": 5e-4}),
-    "noisealone": ("mean colour + noise 0.75", {**OLD, "initial_guess": "noise"}),
+    "noise1.5-a3e-5": ("source + noise 1.5, alpha 3.4e-5 (official scale)", {**OLD, "noise_std": 1.5, "alpha": 3.4e-5}),
+    "noisealone": ("mean colour + noise 0.75 (= defaults)", {**OLD, "initial_guess": "noise"}),
+    "noisealone1.5": ("mean colour + noise 1.5", {**OLD, "initial_guess": "noise", "noise_std": 1.5}),
+    "noisealone-a3e-5": (
+        "mean colour + noise 0.75, alpha 3.4e-5 (official scale)",
+        {**OLD, "initial_guess": "noise", "alpha": 3.4e-5},
+    ),
     "noisealone-a5e-4": ("mean colour + noise 0.75, alpha 5e-4", {**OLD, "initial_guess": "noise", "alpha": 5e-4}),
     "noisealone-c21": ("mean colour + noise 0.75, coarsest 21", {**OLD, "initial_guess": "noise", "coarsest": 21}),
     "source-c10": ("source + noise 0.75, coarsest 10", {**OLD, "coarsest": 10}),
@@ -138,24 +147,61 @@ def run_video(cache: dict, path: Path, settings: list[str], seeds: int) -> None:
         save_cache(path, cache)
 
 
-def report(cache: dict[str, Any]) -> str:
+def samples_of(cache: dict[str, Any]) -> dict[tuple[str, int], list[tuple[str, dict]]]:
+    """(setting, size) -> [(source name, per-sample record)] of every sample in the cache."""
     groups: dict[tuple[str, int], list[tuple[str, dict]]] = {}
     for key, value in cache.items():
         parts = key.split("|")
         if parts[0] != "diversity":
             groups.setdefault((parts[0], int(parts[2])), []).append((parts[1], value))
-    lines = [
-        "| setting | size | samples per source | max identity | mean identity | copies (> 0.2) | diversity: mean "
-        "(min) over sources | mean patch D | D / old non-copied: max over sources | s per sample (loaded) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    baseline: dict[tuple[str, int], float] = {}  # (source, size) -> mean D of the old default's non-copies
-    for (setting, size), rows in groups.items():
+    return groups
+
+
+def baselines(cache: dict[str, Any]) -> dict[tuple[str, int], float]:
+    """(source, size) -> mean D of the old default's samples that are not copies (identity <= 0.2)."""
+    baseline: dict[tuple[str, int], float] = {}
+    for (setting, size), rows in samples_of(cache).items():
         if setting in ("old", "video-old"):
             for name in {n for n, _ in rows}:
                 kept = [v["D"] for n, v in rows if n == name and v["identity"] <= 0.2]
                 if kept:
                     baseline[(name, size)] = statistics.mean(kept)
+    return baseline
+
+
+def source_table(cache: dict[str, Any], setting: str = "defaults") -> str:
+    """One row per (source, size) of ``setting``: the three bounds of issue 15, item 3."""
+    baseline = baselines(cache)
+    old = samples_of(cache)
+    lines = [
+        "| source | size | seeds | max identity (<= 0.2) | diversity (>= 0.3) | D / old non-copied (<= 2) "
+        "| old: non-copied / seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (name_setting, size), rows in sorted(samples_of(cache).items(), key=lambda g: g[0][1]):
+        if name_setting != setting:
+            continue
+        for name in [n for n in IMAGES if any(r == n for r, _ in rows)]:
+            mine = [v for n, v in rows if n == name]
+            olds = [v for n, v in old.get(("old", size), []) if n == name]
+            spread = cache.get(f"diversity|{setting}|{name}|{size}")
+            ratio = statistics.mean(v["D"] for v in mine) / baseline[(name, size)] if (name, size) in baseline else None
+            lines.append(
+                f"| {name} | {size} | {len(mine)} | {max(v['identity'] for v in mine):.3f} "
+                f"| {'n/a' if spread is None else f'{spread:.2f}'} | {'n/a' if ratio is None else f'{ratio:.2f}'} "
+                f"| {sum(v['identity'] <= 0.2 for v in olds)} / {len(olds)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def report(cache: dict[str, Any]) -> str:
+    groups = samples_of(cache)
+    lines = [
+        "| setting | size | samples per source | max identity | mean identity | copies (> 0.2) | diversity: mean "
+        "(min) over sources | mean patch D | D / old non-copied: max over sources | s per sample (loaded) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    baseline = baselines(cache)
     names = list(SETTINGS) + list(VIDEO_SETTINGS)
     for (setting, size), rows in sorted(groups.items(), key=lambda g: (g[0][1], names.index(g[0][0]))):
         identity = [v["identity"] for _, v in rows]
@@ -184,10 +230,13 @@ def report(cache: dict[str, Any]) -> str:
 
 HEADER = """# GPNN and VGPNN random generation: quality against diversity
 
-Generated by `python benchmarks/gpnn_diversity.py --report docs/gpnn_diversity.md` (issue 15) from the
-per-sample results it caches; do not edit by hand. Every row is one setting at one size: samples
-of skimage astronaut, chelsea and coffee (shorter side `size` px; seeds 0, 1, ...) or of the
-synthetic `moving_shapes` clip (13 x 72 x 128, 5 seeds), search `"auto"`.
+Generated by `python benchmarks/gpnn_diversity.py --report docs/gpnn_diversity.md --notes
+benchmarks/gpnn_diversity_notes.md --also benchmarks/gpnn_diversity_250.json` (issue 15) from the
+per-sample results it caches (`benchmarks/gpnn_diversity.json`, and the first round's 250-px
+samples in `--also`; samples missing are generated first); do not edit by hand. Every row is one
+setting at one size: samples of skimage astronaut, chelsea and coffee
+(shorter side `size` px; seeds 0, 1, ...) or of the synthetic `moving_shapes` clip
+(13 x 72 x 128, 5 seeds), search `"auto"`.
 
 - identity: share of a sample's 7x7 patches whose nearest source patch is the one at the same
   position (`vision_kernels.patchnn.identity_fraction`; 1 = the source itself). "copies" counts
@@ -203,11 +252,18 @@ synthetic `moving_shapes` clip (13 x 72 x 128, 5 seeds), search `"auto"`.
   comparable within one run).
 
 """
+DEFAULTS_HEADER = """## The defaults against the issue's bounds
+
+`GPNNConfig()` (`generate`'s defaults, search `"auto"`) per source and size; "D / old non-copied"
+is the mean D of its samples over the mean D of the old default's samples with identity <= 0.2 (the
+last column says how many of the old default's samples that is).
+
+"""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="*", default=["old", "defaults"], choices=list(SETTINGS))
     parser.add_argument("--sizes", nargs="*", type=int, default=[128, 250])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--video", action="store_true", help="also the VGPNN settings (5 seeds)")
@@ -229,11 +285,12 @@ def main() -> None:
         merged.update(json.loads(extra.read_text()))
     fill_diversity(merged, args.samples)
     table = report(merged)
-    print(table)
+    defaults = source_table(merged)
+    print(defaults + "\n" + table)
     if args.report is not None:
         notes = args.notes.read_text() if args.notes is not None else ""
         with atomic_open(args.report, "w") as handle:
-            handle.write(HEADER + table + "\n" + notes)
+            handle.write(HEADER + DEFAULTS_HEADER + defaults + "\n## All settings tried\n\n" + table + "\n" + notes)
 
 
 if __name__ == "__main__":

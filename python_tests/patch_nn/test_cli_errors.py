@@ -110,6 +110,7 @@ SETTING_MISTAKES = [
     (["--seed", "-1"], "--seed", "[0, 2**63)"),
     (["--seed", "1.5"], "--seed", "[0, 2**63)"),
     (["--search", "nope"], "--search", "invalid choice"),
+    (["--initial-guess", "zeros"], "--initial-guess", "invalid choice"),
     (["--alpha", "0.1", "--no-alpha"], "--no-alpha", "not both"),
 ]
 
@@ -243,6 +244,7 @@ VIDEO_SETTING_MISTAKES = [
     (["--coarsest-frames", "0"], "--coarsest-frames", "positive integer"),
     (["--iterations", "-1"], "--iterations", "positive integer"),
     (["--noise", "nan"], "--noise", ">= 0"),
+    (["--initial-guess", "zeros"], "--initial-guess", "invalid choice"),
     (["--max-frames", "0"], "--max-frames", "positive integer"),
     (["--start-frame", "-1"], "--start-frame", ">= 0"),
     (["--max-side", "0"], "--max-side", "positive integer"),

@@ -164,8 +164,10 @@ def test_videos_use_space_time_patches() -> None:
     frames = torch.rand(1, 20, 20, 3, generator=g).repeat(6, 1, 1, 1) + 0.02 * torch.arange(6.0).view(6, 1, 1, 1)
     # White-noise frames have no structure to re-arrange coherently: from a noise-alone start the
     # votes blend unrelated patches (D ~2.6e-2), so this test of the space-time machinery starts
-    # from the coarsest source level.
-    config = GPNNConfig(patch_size=(3, 5, 5), coarsest=10, iterations=2, alpha=None, initial_guess="source")
+    # from the coarsest source level with the official code's noise (0.75, the default before issue 15).
+    config = GPNNConfig(
+        patch_size=(3, 5, 5), coarsest=10, iterations=2, alpha=None, initial_guess="source", noise_std=0.75
+    )
     out = generate(frames.clamp(0, 1), seed=1, config=config)
     assert out.shape == frames.shape
     assert mean_patch_distance(out, frames.clamp(0, 1), (3, 5, 5)) < 1e-2

@@ -35,11 +35,12 @@ def _finish(y: Tensor, image: bool) -> Tensor:
 def generate(
     source: Tensor, *, seed: int = 0, config: GPNNConfig = _DEFAULT, size: Sequence[int] | None = None
 ) -> Tensor:
-    """Random sample from a single image: GPNN from Gaussian noise at the coarsest level.
+    """Random sample from a single image: GPNN from a noisy start at the coarsest level.
 
     ``y_L = mean colour of x + n`` (``config.initial_guess = "noise"``, the default) or
-    ``y_L = x_L + n`` (``"source"``, the official code's start, which often returns the source
-    itself: see :class:`~vision_kernels.patchnn.GPNNConfig`), ``n ~ N(0, noise_std^2)`` per pixel
+    ``y_L = x_L + n`` (``"source"``: the coarsest source level resized to the output's coarsest
+    shape, the official code's start, which with its noise 0.75 often returns the source itself:
+    see :class:`~vision_kernels.patchnn.GPNNConfig`), with ``n ~ N(0, noise_std^2)`` per pixel
     (shared by channels), drawn from ``seed``. ``size`` (``(H, W)``, or ``(T, H, W)`` for videos)
     gives a sample of another size. Measure samples with :mod:`vision_kernels.patchnn.metrics`.
 

@@ -9,7 +9,7 @@
     vision-kernels gpnn edit      SOURCE EDITED -o OUT.png
 
 Every subcommand takes the GPNN settings (--patch-size, --ratio, --coarsest, --iterations,
---alpha, --search, ...; their defaults are :class:`~vision_kernels.patchnn.GPNNConfig`'s) and
+--alpha, --noise, --initial-guess, --search, ...; their defaults are :class:`~vision_kernels.patchnn.GPNNConfig`'s) and
 --max-side to downscale large inputs first. ``generate`` and ``retarget`` also run in batch mode
 (:mod:`vision_kernels.patchnn.batch`): many inputs into an output folder, existing outputs skipped,
 the work split over torchrun ranks. Every mistake (a missing or corrupt input, an output suffix
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ __all__ = ["add_parser", "main"]
 PROG = "vision-kernels gpnn"
 # apps.inpaint's default setting (GPNN's inpainting: little pressure to use every source patch).
 INPAINT_CHANGES: dict[str, object] = {"alpha": 1.0}
-# The command-line names of the GPNNConfig fields they set.
+# The command-line names of the GPNNConfig fields they set (VGPNN's commands add the temporal ones).
 SETTINGS = {
     "patch_size": "patch_size",
     "ratio": "pyramid_ratio",
@@ -53,6 +53,7 @@ SETTINGS = {
     "iterations": "iterations",
     "alpha": "alpha",
     "noise": "noise_std",
+    "initial_guess": "initial_guess",
     "search": "search",
     "pm_iterations": "patchmatch_iterations",
     "reduction": "reduction",
@@ -123,22 +124,21 @@ def _default_config() -> Any:
     return GPNNConfig()
 
 
-def _add_settings(parser: argparse.ArgumentParser, base: Any) -> None:
-    """The GPNN settings; every default is None = ``base``'s value (shown in the help)."""
+def add_method_settings(group: argparse._ArgumentGroup, base: Any, *, noise: str, reductions: Sequence[str]) -> None:
+    """The settings the GPNN and VGPNN commands share: pyramid, steps, completeness, start of
+    generation, search and voting. Every default is None = ``base``'s value (a :class:`GPNNConfig`, shown in the help);
+    ``noise`` describes the noise of the start (per pixel or per channel)."""
+    from .gpnn import INITIAL_GUESSES
     from .search import SEARCH_METHODS
 
     alpha = "none (plain nearest neighbours)" if base.alpha is None else f"{base.alpha:g}"
-    group = parser.add_argument_group("GPNN settings (defaults: GPNNConfig's)")
-    group.add_argument("--patch-size", type=positive_int, help=f"patch side in pixels (default {base.patch[1]})")
     group.add_argument(
-        "--ratio", type=above_one, help=f"pyramid downscale ratio, > 1 (default {base.pyramid_ratio:.4g})"
+        "--ratio", type=above_one, help=f"spatial downscale per pyramid level, > 1 (default {base.pyramid_ratio:.4g})"
     )
     group.add_argument(
         "--coarsest", type=positive_int, help=f"shorter side of the coarsest level (default {base.coarsest})"
     )
-    group.add_argument(
-        "--iterations", type=positive_int, help=f"PNN steps per pyramid level (default {base.iterations})"
-    )
+    group.add_argument("--iterations", type=positive_int, help=f"PNN steps per level (default {base.iterations})")
     group.add_argument(
         "--alpha",
         type=positive_float,
@@ -148,7 +148,13 @@ def _add_settings(parser: argparse.ArgumentParser, base: Any) -> None:
     group.add_argument(
         "--noise",
         type=nonnegative_float,
-        help=f"noise std at the coarsest level, >= 0 (generate; default {base.noise_std:g})",
+        help=f"{noise} at the coarsest level, >= 0 (generate; default {base.noise_std:g})",
+    )
+    group.add_argument(
+        "--initial-guess",
+        choices=INITIAL_GUESSES,
+        help=f"coarsest start of generate: the source's mean colour + noise (noise) or its coarsest level + noise "
+        f"(source, which often returns the input) (default {base.initial_guess})",
     )
     group.add_argument(
         "--search",
@@ -156,11 +162,16 @@ def _add_settings(parser: argparse.ArgumentParser, base: Any) -> None:
         help=f"patch search (default {base.search}; auto: exact on small levels, PatchMatch on large ones)",
     )
     group.add_argument(
-        "--pm-iterations",
-        type=positive_int,
-        help=f"PatchMatch steps per search (default {base.patchmatch_iterations})",
+        "--pm-iterations", type=positive_int, help=f"PatchMatch steps per search (default {base.patchmatch_iterations})"
     )
-    group.add_argument("--reduction", choices=("mean", "gaussian", "median"), help=f"voting (default {base.reduction})")
+    group.add_argument("--reduction", choices=reductions, help=f"voting (default {base.reduction})")
+
+
+def _add_settings(parser: argparse.ArgumentParser, base: Any) -> None:
+    """The GPNN settings; every default is None = ``base``'s value (shown in the help)."""
+    group = parser.add_argument_group("GPNN settings (defaults: GPNNConfig's)")
+    group.add_argument("--patch-size", type=positive_int, help=f"patch side in pixels (default {base.patch[1]})")
+    add_method_settings(group, base, noise="noise std per pixel", reductions=("mean", "gaussian", "median"))
     group.add_argument(
         "--max-side", type=positive_int, default=None, help="downscale inputs whose longer side exceeds this"
     )
@@ -246,12 +257,12 @@ def _batch_jobs(args: argparse.Namespace, count: int) -> tuple[list[Job], bool]:
     return jobs, batch or to_folder
 
 
-def _run_batch(args: argparse.Namespace, jobs: list[Job], batch: bool, work: Callable[[Job], str]) -> int:
+def run_batch(args: argparse.Namespace, jobs: list[Job], batch: bool, work: Callable[[Job], str], command: str) -> int:
+    """Run ``work`` on ``jobs`` (creating the output folder in batch mode) with the command's
+    ``--overwrite`` and ``--quiet``; ``command`` names the command in messages."""
     if batch:
         args.output.mkdir(exist_ok=True)
-    return run_jobs(
-        jobs, work, batch=batch, overwrite=args.overwrite, command=f"{PROG} {args.gpnn_command}", quiet=args.quiet
-    )
+    return run_jobs(jobs, work, batch=batch, overwrite=args.overwrite, command=command, quiet=args.quiet)
 
 
 # ------------------------------------------------------------------ subcommands
@@ -267,7 +278,7 @@ def _generate(args: argparse.Namespace) -> int:
     def work(job: Job) -> str:
         return _write(job.output, generate(load(job.source), seed=job.seed, config=config, size=args.size))
 
-    return _run_batch(args, jobs, batch, work)
+    return run_batch(args, jobs, batch, work, f"{PROG} {args.gpnn_command}")
 
 
 def _retarget(args: argparse.Namespace) -> int:
@@ -280,7 +291,7 @@ def _retarget(args: argparse.Namespace) -> int:
     def work(job: Job) -> str:
         return _write(job.output, retarget(load(job.source), args.size, config=config, seed=job.seed))
 
-    return _run_batch(args, jobs, batch, work)
+    return run_batch(args, jobs, batch, work, f"{PROG} {args.gpnn_command}")
 
 
 def _single(args: argparse.Namespace, compute: Callable[[], Tensor]) -> int:
@@ -406,13 +417,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return gpnn
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``vision-kernels gpnn ...`` with ``argv`` (for tests and ``python -m``)."""
+def run_group(add: Callable[[argparse._SubParsersAction], Any], group: str, argv: list[str] | None) -> int:
+    """Parse ``vision-kernels GROUP *argv`` with the parser ``add`` builds (``add_parser`` of a command
+    module) and run the chosen handler as the top-level command does (one-line errors, exit codes)."""
     parser = argparse.ArgumentParser(prog="vision-kernels")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["gpnn", *(argv or [])])
-    return run_handler(args.handler, args, f"{PROG} {args.gpnn_command}")
+    add(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([group, *(argv or [])])
+    return run_handler(args.handler, args, f"vision-kernels {group} {getattr(args, f'{group}_command')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``vision-kernels gpnn ...`` with ``argv`` (for tests and ``python -m``)."""
+    return run_group(add_parser, "gpnn", argv)
 
 
 if __name__ == "__main__":

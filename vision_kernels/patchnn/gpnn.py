@@ -37,8 +37,8 @@ INITIAL_GUESSES = ("source", "noise")
 
 @dataclass(frozen=True)
 class GPNNConfig:
-    """Settings of GPNN; the defaults are the paper's / official code's, except the initial guess
-    of random generation (noise alone, see below).
+    """Settings of GPNN; the defaults are the paper's / official code's, except the start of random
+    generation (noise alone, see below) and one PNN step at the coarsest level.
 
     Attributes:
         patch_size: ``p`` (``p x p`` spatial patches), ``(ph, pw)`` or ``(pt, ph, pw)``. Default 7.
@@ -47,18 +47,19 @@ class GPNNConfig:
         temporal_ratio: temporal downscale between levels (1: none; videos only).
         coarsest_frames: fewest frames at any level (videos only).
         iterations: PNN steps per level (10).
-        coarsest_iterations: PNN steps at the coarsest level (None: ``iterations``). Repeated steps
-            at the coarsest level drift toward the source's own layout (the identity match is a
-            fixed point that spreads), so fewer steps there keep random samples diverse.
+        coarsest_iterations: PNN steps at the coarsest level (None: ``iterations``;
+            :func:`~vision_kernels.patchnn.generate` uses 1). Repeated steps at the coarsest level
+            drift toward the source's own layout (the identity match is a fixed point that spreads),
+            so fewer steps there keep random samples diverse.
         alpha: completeness weight of the normalized score on the scale of ``D``, the mean squared
             difference of [0, 1] pixels (0.005); ``None`` for plain nearest neighbours.
         noise_std: standard deviation of the noise added to the coarsest initial guess of random
-            generation (0.75, one draw per pixel shared by the channels).
+            generation (0.75, the official code's; one draw per pixel shared by the channels).
         initial_guess: coarsest start of random generation (see :func:`initial_guess`):
             ``"noise"`` (default: the source's mean colour plus noise, i.e. noise alone, as
             Efficient-GPNN's ``init_from="zeros"``) or ``"source"`` (the coarsest source level plus
-            noise, the official GPNN code's, and this package's default before issue 15). With
-            ``"source"`` many samples are the source itself; see "Why samples collapse" below.
+            noise, the paper's and the official code's, which with noise 0.75 often returns the
+            source itself; see below).
         search: ``"exact"`` (exact kernel), ``"patchmatch"`` (approximate), ``"faiss"``
             (``alpha=None`` only) or ``"auto"`` (exact while a level's brute-force work is within
             ``exact_limit``, else PatchMatch; chosen per level and logged, see
@@ -72,30 +73,41 @@ class GPNNConfig:
         progress: show a progress bar (None: the global vision_kernels setting).
 
     Why samples collapse onto the source (issue 15; figures in ``docs/gpnn_diversity.md``). With the
-    ``"source"`` start, seed 0 of astronaut and of chelsea at 128 px came back as the source exactly
-    (identity fraction 1, D = 0). The causes, in order of weight:
+    official settings (source start, noise 0.75), seed 0 of astronaut and of chelsea at 128 px came
+    back as the source exactly (identity fraction 1, D = 0). The causes, in order of weight:
 
-    * The initial guess. ``x_L + n`` still carries the source's layout: for a query ``x_i + n`` the
-      score gap to another key is ``D(x_i, k_j) + 2 <n, x_i - k_j> / n_values``, so the noise only
-      moves a query away from its own position where its correlation with ``x_i - k_j`` beats the
-      content difference, and a 7x7 patch averages 49 noise draws. Many coarsest queries find their
-      own position, these identity patches agree where they overlap, and the identity arrangement is
-      a fixed point of the PNN step (a patch at home finds itself at ``D = 0``) that every finer
-      level inherits and spreads. Starting from noise alone removes the pull: no sample measured
-      (images, 36 to 250 px) had an identity fraction above 0.02.
-    * Steps at the coarsest level: each further step moves the output closer to that fixed point
-      (4 of 6 samples of 80-px images were copies with 10 steps, none with 1), hence
-      ``coarsest_iterations = 1`` in :func:`~vision_kernels.patchnn.generate`.
+    * The noise against the patch distances. For a query ``x_i + s n`` (``n`` standard normal,
+      ``x_i`` the source patch at its own position) the score gap to another key ``k_j`` is, in
+      patch sums, ``|d_j|^2 + 2 s <n, d_j>`` with ``d_j = x_i - k_j``; ``<n, d_j>`` is normal with
+      standard deviation ~``|d_j|``, so ``k_j`` beats the identity with probability
+      ``Phi(-|d_j| / (2 s))``. A 7x7 patch sums 49 noise draws, and where every other key differs
+      by much more than ``2 s`` (textured or unique patches) the query stays at home. These identity
+      patches agree where they overlap, and the identity arrangement is a fixed point of the PNN
+      step (a patch at home finds itself at ``D = 0``) that every finer level inherits and spreads.
+      With ``s = 0.75`` that keeps whole images. With ``s = 1.5`` most samples leave home, but coffee
+      seed 2 at 128 px was still the source itself; with ``s = 2.5`` the same seed kept 0.08 of its
+      patches at home and with ``s = 3`` none, at 1.5x the patch distance of 2.5. With 2.5 the home
+      match loses to the many keys within ``|d| ~ 2 s`` while the source term ``|d_j|^2`` still
+      favours keys that look like the query, so the coarse layout is a plausible one (sky above
+      ground, the cup's colours together). But at 128 px the patch distance of noise 2.5 on coffee
+      was 2.6x the official samples' (seeds 2-3), no better than noise alone, with less diversity.
+    * The start itself. Noise alone (``"noise"``) never copies (identity <= 0.03 everywhere
+      measured), but its queries ``m + s n`` are all equally far from the content, so the first
+      matches favour flat, mean-coloured patches and the layout has no large-scale structure: its
+      mean nearest-patch distance was 2.5x the official samples' on coffee at 128 px and 5-8x the
+      ``"source"`` start with noise 1.5 at 64 px.
+    * Steps at the coarsest level: each further step moves the output closer to the fixed point
+      (4 of 6 samples of 80-px images were copies with 10 steps, none with 1), hence one step in
+      :func:`~vision_kernels.patchnn.generate` (Efficient-GPNN makes the same choice).
     * Coarsest size against the patch: at 14 px a 7x7 patch covers half the shorter side, so there
-      are only 8 positions per column to re-arrange, and little room to leave the identity (an
-      argument; ``coarsest`` was not varied in the measurements).
-    * Noise level: a larger ``noise_std`` with the ``"source"`` start lowers the pull (1.5 on
-      36-px astronaut: identities at most 0.13 instead of up to 0.73) but keeps some of it.
+      are only 8 positions per column to re-arrange, and the layout has little room (an argument;
+      ``coarsest`` was not varied in the measurements).
     * ``alpha`` is on the scale of ``D`` here (mean squared difference), where 0.005 is several
       times a typical nearest ``D`` (~1e-3): the score is close to plain nearest neighbours. The
-      official code normalizes the Euclidean distance of the patch vector, ``sqrt(n_values D)``,
-      by ``alpha = 0.005`` on that scale, a far stronger completeness term. Completeness does not
-      oppose copying (the identity uses every key once); ``alpha`` was left at 0.005.
+      official code divides the patch sum of squares by ``alpha = 0.005`` plus the key's best sum,
+      i.e. ``alpha = 0.005 / 147 = 3.4e-5`` here, a far stronger completeness term. Completeness
+      does not oppose copying (the identity uses every key once), and on 64-px samples the official
+      scale raised D 2-4x; ``alpha`` stays at 0.005.
     """
 
     patch_size: int | tuple[int, ...] = 7
@@ -218,6 +230,131 @@ def pyramid_plan(
     return scaled_shapes(source_shape, scales), scaled_shapes(output_shape, scales)
 
 
+@dataclass(frozen=True)
+class _Level:
+    """What the PNN steps of one pyramid level read (fixed for all its steps)."""
+
+    values: Tensor  # [T, H, W, C] source at this level
+    first_keys: Tensor  # [T, H, W, C] keys of the first step: the coarser source upscaled (a blurred x_l)
+    config: GPNNConfig  # with this level's search backend (search="auto" chooses per level)
+    hole: Tensor | None = None  # bool [T, H, W] over the output, True = to fill (inpainting)
+    query_mask: Tensor | None = None  # bool query patch grid: the patches searched
+    key_mask: Tensor | None = None  # bool key patch grid: the patches allowed as matches
+    guide_out: Tensor | None = None  # [T, H, W, G] guide channels appended to the queries
+    guide_src: Tensor | None = None  # [T, H, W, G] guide channels appended to the keys
+    guide_only_first: bool = False  # the first step matches on the guides alone
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The fixed inputs of one :func:`synthesize` run, finest level first."""
+
+    sources: list[Tensor]  # source pyramid, [T_l, H_l, W_l, C] each
+    source_shapes: list[tuple[int, int, int]]
+    output_shapes: list[tuple[int, int, int]]
+    holes: list[Tensor] | None  # bool [T_l, H_l, W_l] per level
+    key_masks: Sequence[Tensor] | None
+    guides: tuple[Tensor, Tensor] | None
+    guided: frozenset[int]  # levels that use the guides
+    guide_only_start: bool
+
+    def level(self, level: int, config: GPNNConfig) -> _Level:
+        """The tensors and the search backend of pyramid level ``level``."""
+        values = self.sources[level]
+        coarsest = level == len(self.sources) - 1
+        first_keys = values if coarsest else resize(self.sources[level + 1], self.source_shapes[level])
+        hole = query_mask = key_mask = None
+        if self.holes is not None:
+            hole = self.holes[level]
+            key_mask = valid_patch_mask(~hole, config.patch)
+            query_mask = ~key_mask  # patches touching the hole
+        if self.key_masks is not None:
+            key_mask = self.key_masks[level] if key_mask is None else key_mask & self.key_masks[level]
+        guide_out = guide_src = None
+        if self.guides is not None and level in self.guided:
+            guide_out = resize(self.guides[0], self.output_shapes[level])  # [T, H, W, G]
+            guide_src = resize(self.guides[1], self.source_shapes[level])
+        channels = values.shape[-1] + (0 if guide_out is None else guide_out.shape[-1])
+        level_config = config
+        if config.search == "auto":
+            method = choose_search(
+                (*self.output_shapes[level], channels),
+                (*self.source_shapes[level], channels),
+                config.patch,
+                alpha=config.alpha,
+                exact_limit=config.exact_limit,
+                query_count=None if query_mask is None else int(query_mask.sum()),
+            )
+            level_config = config.with_(search=method)
+        return _Level(
+            values=values,
+            first_keys=first_keys,
+            config=level_config,
+            hole=hole,
+            query_mask=query_mask,
+            key_mask=key_mask,
+            guide_out=guide_out,
+            guide_src=guide_src,
+            guide_only_first=self.guide_only_start and coarsest,
+        )
+
+
+def _plan(
+    source: Tensor,
+    output_shape: Sequence[int],
+    config: GPNNConfig,
+    hole: Tensor | None,
+    key_masks: Sequence[Tensor] | None,
+    guides: tuple[Tensor, Tensor] | None,
+    guide_levels: int | None,
+    guide_only_start: bool,
+) -> _Plan:
+    source_shapes, output_shapes = pyramid_plan(source.shape, output_shape, config)
+    _fit_patch(config, source_shapes + output_shapes)
+    holes = None
+    if hole is not None:
+        if tuple(output_shape) != tuple(source.shape[:3]):
+            raise ValueError("vision_kernels.patchnn: inpainting keeps the source's shape")
+        holes = [resize(hole.float()[..., None], s)[..., 0] > 0 for s in source_shapes]
+    levels = len(source_shapes)
+    guided = frozenset(range(levels) if guide_levels is None else range(max(0, levels - guide_levels), levels))
+    sources = build_pyramid(source, source_shapes)
+    return _Plan(sources, source_shapes, output_shapes, holes, key_masks, guides, guided, guide_only_start)
+
+
+def _schedule(levels: int, config: GPNNConfig) -> list[tuple[int, int]]:
+    """``(level, step)`` of every PNN step, coarsest level first."""
+    coarsest_steps = config.iterations if config.coarsest_iterations is None else config.coarsest_iterations
+    return [
+        (level, step)
+        for level in reversed(range(levels))
+        for step in range(coarsest_steps if level == levels - 1 else config.iterations)
+    ]
+
+
+def _level_step(y: Tensor, level: _Level, step: int, seed: int, index: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One PNN step at ``level`` on the current output ``y [T, H, W, C]``: ``(new y, chosen key indices)``."""
+    keys = level.first_keys if step == 0 else level.values
+    if level.hole is not None:
+        y = torch.where(level.hole[..., None], y, level.values)  # pixels outside the hole are the source's
+    queries = y
+    if level.guide_out is not None and level.guide_src is not None:
+        start = level.guide_only_first and step == 0
+        queries = torch.cat([torch.zeros_like(y) if start else y, level.guide_out.to(y)], dim=-1)
+        keys = torch.cat([torch.zeros_like(keys) if start else keys, level.guide_src.to(keys)], dim=-1)
+    voted, index = pnn_step(
+        queries,
+        keys,
+        level.values,
+        level.config,
+        query_mask=level.query_mask,
+        key_mask=level.key_mask,
+        seed=seed + step,
+        init=index,
+    )
+    return (voted if level.hole is None else torch.where(level.hole[..., None], voted, level.values)), index
+
+
 def synthesize(
     source: Tensor,
     coarse_guess: Tensor,
@@ -258,72 +395,16 @@ def synthesize(
     Returns:
         ``[T, H, W, C]`` output.
     """
-    source_shapes, output_shapes = pyramid_plan(source.shape, output_shape, config)
-    _fit_patch(config, source_shapes + output_shapes)
-    sources = build_pyramid(source, source_shapes)  # finest first
-    holes = None
-    if hole is not None:
-        if tuple(output_shape) != tuple(source.shape[:3]):
-            raise ValueError("vision_kernels.patchnn: inpainting keeps the source's shape")
-        holes = [resize(hole.float()[..., None], s)[..., 0] > 0 for s in source_shapes]
-    y = resize(coarse_guess, output_shapes[-1]) if tuple(coarse_guess.shape[:3]) != output_shapes[-1] else coarse_guess
-    levels = len(source_shapes)
-    guided = set(range(levels) if guide_levels is None else range(max(0, levels - guide_levels), levels))
-    coarsest_steps = config.iterations if config.coarsest_iterations is None else config.coarsest_iterations
-    steps = [
-        (level, step)
-        for level in reversed(range(levels))
-        for step in range(coarsest_steps if level == levels - 1 else config.iterations)
-    ]
+    plan = _plan(source, output_shape, config, hole, key_masks, guides, guide_levels, guide_only_start)
+    y = coarse_guess
+    level = None
     index = None
-    level_config = config
-    guide_out = guide_src = None
-    for level, step in progress(steps, desc=desc, enabled=config.progress):
-        values = sources[level]
+    for number, step in progress(_schedule(len(plan.sources), config), desc=desc, enabled=config.progress):
         if step == 0:
-            if level < levels - 1:
-                y = resize(y, output_shapes[level])
-                keys = resize(sources[level + 1], source_shapes[level])  # blurred: upscaled coarser source
-            else:
-                keys = values
-            index = None
-            if guides is not None and level in guided:
-                guide_out = resize(guides[0], output_shapes[level])  # [T, H, W, G]
-                guide_src = resize(guides[1], source_shapes[level])
-            else:
-                guide_out = guide_src = None
-        else:
-            keys = values
-        query_mask = key_mask = None
-        if holes is not None:
-            known = ~holes[level]
-            y = torch.where(known[..., None], values, y)
-            key_mask = valid_patch_mask(known, config.patch)
-            query_mask = ~valid_patch_mask(known, config.patch)  # patches touching the hole
-        if key_masks is not None:
-            key_mask = key_masks[level] if key_mask is None else key_mask & key_masks[level]
-        queries = y
-        if guide_out is not None and guide_src is not None:
-            start = guide_only_start and level == levels - 1 and step == 0
-            queries = torch.cat([torch.zeros_like(y) if start else y, guide_out.to(y)], dim=-1)
-            keys = torch.cat([torch.zeros_like(keys) if start else keys, guide_src.to(keys)], dim=-1)
-        if step == 0:
-            level_config = config
-            if config.search == "auto":
-                count = None if query_mask is None else int(query_mask.sum())
-                method = choose_search(
-                    queries.shape,
-                    keys.shape,
-                    config.patch,
-                    alpha=config.alpha,
-                    exact_limit=config.exact_limit,
-                    query_count=count,
-                )
-                level_config = config.with_(search=method)
-        voted, index = pnn_step(
-            queries, keys, values, level_config, query_mask=query_mask, key_mask=key_mask, seed=seed + step, init=index
-        )
-        y = voted if holes is None else torch.where(holes[level][..., None], voted, values)
+            y = resize(y, plan.output_shapes[number]) if tuple(y.shape[:3]) != plan.output_shapes[number] else y
+            level, index = plan.level(number, config), None
+        assert level is not None
+        y, index = _level_step(y, level, step, seed, index)
     return y
 
 

@@ -82,6 +82,7 @@ def video_config(shape: Sequence[int] | None = None, **changes: object) -> GPNNC
         coarsest_iterations=1,
         alpha=None,
         noise_std=2.5,
+        initial_guess="noise",
         search="auto",
         exact_limit=VIDEO_EXACT_WORK_LIMIT,
         reduction="median",

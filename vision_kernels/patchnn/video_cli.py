@@ -8,8 +8,8 @@ folder of frames; outputs in any of those, chosen by the output's suffix, no suf
     vision-kernels vgpnn inpaint  INPUT MASK -o OUT.mp4        (MASK: image, video or folder; white = fill in)
 
 Every subcommand takes the VGPNN settings (--patch-size PT PH PW, --ratio, --temporal-ratio,
---coarsest, --coarsest-frames, --iterations, --alpha, --search, --reduction, ...; defaults from
-:func:`~vision_kernels.patchnn.video_config`), --max-side and --max-frames/--start-frame to read only
+--coarsest, --coarsest-frames, --iterations, --alpha, --noise, --initial-guess, --search, --reduction,
+...; defaults from :func:`~vision_kernels.patchnn.video_config`), --max-side and --max-frames/--start-frame to read only
 part of a large input, and --fps for the output (default: the input's). The patch-search choice of
 --search auto is printed (logging at INFO). A folder holding video files (or a glob pattern, or
 several inputs) is a batch: one output per input (and sample) in the output folder, existing
@@ -37,10 +37,10 @@ from .._cli import (
     output_folder,
     positive_float,
     positive_int,
-    run_handler,
 )
 from .batch import Job, OneLineParser, expand_inputs, plan_jobs, run_jobs
-from .cli import above_one, at_least_one, seed_value, settings_changes
+from .cli import SETTINGS as GPNN_SETTINGS
+from .cli import add_method_settings, at_least_one, run_batch, run_group, seed_value, settings_changes
 from .video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 __all__ = ["add_parser", "main"]
@@ -49,19 +49,7 @@ PROG = "vision-kernels vgpnn"
 OUTPUT_SUFFIXES = (*VIDEO_SUFFIXES, ".gif")
 # The applications' own settings (analogy_video, inpaint_video), applied before the command line's.
 APP_CHANGES: dict[str, dict[str, object]] = {"analogy": {"alpha": 1.0, "iterations": 2}, "inpaint": {"alpha": 1.0}}
-SETTINGS = {
-    "patch_size": "patch_size",
-    "ratio": "pyramid_ratio",
-    "temporal_ratio": "temporal_ratio",
-    "coarsest": "coarsest",
-    "coarsest_frames": "coarsest_frames",
-    "iterations": "iterations",
-    "alpha": "alpha",
-    "noise": "noise_std",
-    "search": "search",
-    "pm_iterations": "patchmatch_iterations",
-    "reduction": "reduction",
-}
+SETTINGS = {**GPNN_SETTINGS, "temporal_ratio": "temporal_ratio", "coarsest_frames": "coarsest_frames"}
 
 
 def video_output(text: str) -> Path:
@@ -105,10 +93,8 @@ def _base(command: str, shape: tuple[int, ...] | None = None) -> Any:
 
 
 def _add_settings(parser: argparse.ArgumentParser, base: Any) -> None:
-    from .search import SEARCH_METHODS
     from .video import LARGE_VIDEO_PATCH, LARGE_VIDEO_VOXELS
 
-    alpha = "none (plain nearest neighbours)" if base.alpha is None else f"{base.alpha:g}"
     large = " ".join(str(p) for p in LARGE_VIDEO_PATCH)
     group = parser.add_argument_group("VGPNN settings (defaults: video_config's, the official code's)")
     group.add_argument(
@@ -118,41 +104,13 @@ def _add_settings(parser: argparse.ArgumentParser, base: Any) -> None:
         metavar=("PT", "PH", "PW"),
         help=f"patch size (default {' '.join(map(str, base.patch))}; {large} above {LARGE_VIDEO_VOXELS:.3g} voxels)",
     )
-    group.add_argument(
-        "--ratio", type=above_one, help=f"spatial downscale per level, > 1 (default {base.pyramid_ratio:.4g})"
-    )
-    group.add_argument(
-        "--temporal-ratio",
-        type=at_least_one,
-        help=f"temporal downscale per level, >= 1 (default {base.temporal_ratio:.4g})",
-    )
-    group.add_argument(
-        "--coarsest", type=positive_int, help=f"shorter side of the coarsest level (default {base.coarsest})"
-    )
-    group.add_argument(
-        "--coarsest-frames", type=positive_int, help=f"frames of the coarsest level (default {base.coarsest_frames})"
-    )
-    group.add_argument("--iterations", type=positive_int, help=f"PNN steps per level (default {base.iterations})")
-    group.add_argument(
-        "--alpha",
-        type=positive_float,
-        help=f"completeness weight on the mean-squared-difference scale, > 0 (default {alpha})",
-    )
-    group.add_argument("--no-alpha", action="store_true", help="plain nearest neighbours (no normalized score)")
-    group.add_argument(
-        "--noise",
-        type=nonnegative_float,
-        help=f"noise std per channel at the coarsest level, >= 0 (generate; default {base.noise_std:g})",
-    )
-    group.add_argument(
-        "--search",
-        choices=SEARCH_METHODS,
-        help=f"patch search (default {base.search}: exact while small, else PatchMatch; the choice is printed)",
-    )
-    group.add_argument(
-        "--pm-iterations", type=positive_int, help=f"PatchMatch steps per search (default {base.patchmatch_iterations})"
-    )
-    group.add_argument("--reduction", choices=("median", "mean", "gaussian"), help=f"voting (default {base.reduction})")
+    add_method_settings(group, base, noise="noise std per channel", reductions=("median", "mean", "gaussian"))
+    temporal = [
+        ("--temporal-ratio", at_least_one, "temporal downscale per level, >= 1", f"{base.temporal_ratio:.4g}"),
+        ("--coarsest-frames", positive_int, "frames of the coarsest level", base.coarsest_frames),
+    ]
+    for flag, kind, text, default in temporal:
+        group.add_argument(flag, type=kind, help=f"{text} (default {default})")
     group.add_argument("--max-side", type=positive_int, help="downscale frames whose longer side exceeds this")
     group.add_argument("--max-frames", type=positive_int, help="read at most this many frames")
     group.add_argument("--start-frame", type=nonnegative_int, default=0, help="first frame to read (default 0)")
@@ -223,14 +181,6 @@ def _batch_jobs(args: argparse.Namespace, count: int) -> tuple[list[Job], bool]:
     return plan_jobs(sources, batch=batch, output=args.output, count=count, seed=args.seed, suffix=suffix), batch
 
 
-def _run_batch(args: argparse.Namespace, jobs: list[Job], batch: bool, work: Callable[[Job], str]) -> int:
-    if batch:
-        args.output.mkdir(exist_ok=True)
-    return run_jobs(
-        jobs, work, batch=batch, overwrite=args.overwrite, command=f"{PROG} {args.vgpnn_command}", quiet=args.quiet
-    )
-
-
 # ------------------------------------------------------------------ subcommands
 
 
@@ -246,7 +196,7 @@ def _generate(args: argparse.Namespace) -> int:
         sample = generate_video(video, seed=job.seed, size=_size(args, video), config=_config(args, video.shape))
         return _write(job.output, sample, args.fps or fps)
 
-    return _run_batch(args, jobs, batch, work)
+    return run_batch(args, jobs, batch, work, f"{PROG} {args.vgpnn_command}")
 
 
 def _retarget(args: argparse.Namespace) -> int:
@@ -265,7 +215,7 @@ def _retarget(args: argparse.Namespace) -> int:
         result = retarget_video(video, size, config=_config(args, video.shape), seed=job.seed)
         return _write(job.output, result, args.fps or fps)
 
-    return _run_batch(args, jobs, batch, work)
+    return run_batch(args, jobs, batch, work, f"{PROG} {args.vgpnn_command}")
 
 
 def _single(args: argparse.Namespace, compute: Callable[[], tuple[Tensor, float]]) -> int:
@@ -420,11 +370,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``vision-kernels vgpnn ...`` with ``argv`` (for tests and ``python -m``)."""
-    parser = argparse.ArgumentParser(prog="vision-kernels")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["vgpnn", *(argv or [])])
-    return run_handler(args.handler, args, f"{PROG} {args.vgpnn_command}")
+    return run_group(add_parser, "vgpnn", argv)
 
 
 if __name__ == "__main__":
