@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ._optional import MissingDependencyError
 
@@ -26,6 +27,7 @@ __all__ = [
     "UsageError",
     "USAGE_ERRORS",
     "run_handler",
+    "forwarded",
     "positive_int",
     "nonnegative_int",
     "positive_float",
@@ -95,18 +97,19 @@ def _number(kind: Callable[[str], float], text: str, what: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = int(_number(int, text, "a positive integer"))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+def _checked(kind: Callable[[str], float], text: str, what: str, ok: Callable[[float], bool]) -> float:
+    value = _number(kind, text, what)
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return int(_checked(int, text, "a positive integer", lambda v: v > 0))
 
 
 def nonnegative_int(text: str) -> int:
-    value = int(_number(int, text, "an integer >= 0"))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return int(_checked(int, text, "an integer >= 0", lambda v: v >= 0))
 
 
 def finite_float(text: str) -> float:
@@ -114,24 +117,29 @@ def finite_float(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    value = float(_number(float, text, "a finite number > 0"))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+    return float(_checked(float, text, "a finite number > 0", lambda v: v > 0))
 
 
 def nonnegative_float(text: str) -> float:
-    value = float(_number(float, text, "a finite number >= 0"))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+    return float(_checked(float, text, "a finite number >= 0", lambda v: v >= 0))
 
 
 def fraction(text: str) -> float:
-    value = float(_number(float, text, "a number in [0, 1]"))
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+    return float(_checked(float, text, "a number in [0, 1]", lambda v: 0 <= v <= 1))
+
+
+def forwarded(args: argparse.Namespace, *names: str, **renamed: str) -> dict[str, Any]:
+    """The keyword arguments a command hands to its Python function unchanged.
+
+    ``forwarded(args, "seed", "scale", n_components="components")`` is
+    ``{"seed": args.seed, "scale": args.scale, "n_components": args.components}``; a ``--quiet`` flag of the
+    command becomes ``show_progress`` (False when quiet, else None: the global setting).
+    """
+    keywords = {name: getattr(args, name) for name in names}
+    keywords.update({keyword: getattr(args, attribute) for keyword, attribute in renamed.items()})
+    if hasattr(args, "quiet"):
+        keywords.setdefault("show_progress", False if args.quiet else None)
+    return keywords
 
 
 def existing_file(text: str) -> Path:

@@ -291,3 +291,20 @@ def test_overlay_figure_keeps_the_users_backend(tmp_path) -> None:
                          check=True, timeout=120)  # fmt: skip
     assert out.stdout.split() == ["svg", "0"]
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("metric", "center", "kind"), [("cosine", True, "flat"), ("ip", False, "flat"),
+                                                        ("cosine", True, "ivf")])  # fmt: skip
+def test_nan_after_the_sample_is_rejected_and_huge_values_are_not(model, metric, center, kind) -> None:
+    # the flat build checks block by block while it prepares: a NaN far from the mean's sample, and a norm that
+    # overflows float32 without any NaN/Inf value, must both be told apart from the whole-tensor check
+    identity = vc.model_identity(model)
+    options = dict(metric=metric, center=center, kind=kind, sample_size=40, chunk=300, progress=False)
+    bad = torch.randn(600, DIM)
+    bad[555, 7] = float("inf")
+    with pytest.raises(ValueError, match=r"argument 'contributions\['L2H0'\]' must be finite, got 1 NaN/Inf values"):
+        vc.HeadIndex.from_contributions({"L2H0": bad}, identity, **options)
+    huge = torch.randn(600, DIM)
+    huge[555] = 3e38  # finite, |v|^2 overflows
+    index = vc.HeadIndex.from_contributions({"L2H0": huge}, identity, **options)
+    assert index.count == 600

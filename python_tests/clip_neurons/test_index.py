@@ -54,7 +54,7 @@ def test_search_images_equals_brute_force(database, make_images, key, members) -
 
 
 def test_blocked_torch_flat_search_equals_faiss_search(database) -> None:
-    from vision_kernels.clip.index import _flat_search
+    from vision_kernels.clip._index_build import flat_search as _flat_search
 
     _, _, index, _ = database
     faiss_index = index.indexes["L2H0"]

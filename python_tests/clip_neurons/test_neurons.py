@@ -144,7 +144,7 @@ def test_capture_of_chosen_neuron_layers(layerscale_vit, make_images) -> None:
     assert every.neuron_layers == (0, 1, 2, 3)
     torch.testing.assert_close(some.layer_neurons(3), every.neurons[:, 3])
     assert vc.capture(layerscale_vit, images).neuron_layers is None
-    with pytest.raises(IndexError, match=r"capture: argument 'keep_neurons' must list layer indices in \[-4, 4\)"):
+    with pytest.raises(IndexError, match=r"capture: argument 'keep_neurons' must hold layer indices in \[-4, 4\)"):
         vc.capture(layerscale_vit, images, keep_neurons=[4])
     with pytest.raises(IndexError, match=r"argument 'layer' must be one of the captured layers \[1, 3\], got 0"):
         some.layer_neurons(0)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _optional
-from ..ops._checks import ArgCheck
+from ._checks import layer_index
 from .towers import as_vision_tower, check_images
 
 __all__ = ["Capture", "capture"]
@@ -241,11 +241,5 @@ def _neuron_layers(keep_neurons: bool | Sequence[int], num_layers: int) -> list[
         return list(range(num_layers)) if keep_neurons else []
     chosen = set()
     for layer in keep_neurons:
-        index = ArgCheck("vision_kernels.clip.capture").integer(layer, "keep_neurons")
-        if not -num_layers <= index < num_layers:
-            raise IndexError(
-                f"vision_kernels.clip.capture: argument 'keep_neurons' must list layer indices in "
-                f"[{-num_layers}, {num_layers}), got {layer}"
-            )
-        chosen.add(index % num_layers)
+        chosen.add(layer_index(layer, num_layers, "vision_kernels.clip.capture", "keep_neurons"))
     return sorted(chosen)

@@ -19,22 +19,10 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 
-from .._cli import existing_file, existing_folder, nonnegative_int, output_folder, positive_int
+from .._cli import existing_file, existing_folder, forwarded, nonnegative_int, output_folder, positive_int
+from ._arguments import model_arguments
 
 _DTYPES = ("float16", "fp16", "bfloat16", "bf16", "float32", "fp32", "float64")
-
-
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="open_clip model name (e.g. ViT-B-32), an open_clip model config .json file, or hf:<model id>",
-    )
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained", help="open_clip pretrained tag (default: random weights, see --seed)")
-    weights.add_argument("--checkpoint", type=existing_file, help="state-dict file (.safetensors or torch .pt)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of random weights (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu; cuda under torchrun uses nccl)")
 
 
 def _choice(args: argparse.Namespace):  # noqa: ANN202 - ModelChoice, imported lazily
@@ -63,21 +51,9 @@ def _leaves_process_group(handler: Callable[[argparse.Namespace], int]) -> Calla
 def _decompose(args: argparse.Namespace) -> int:
     from .runs import decompose_run
 
-    decompose_run(
-        args.out,
-        args.images,
-        model=_choice(args),
-        layers=args.layers,
-        per_token=args.per_token,
-        dtype=args.dtype,
-        convention=args.convention,
-        normalize=args.normalize,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        shard_size=args.shard_size,
-        overwrite=args.overwrite,
-        device=args.device,
-    )
+    options = forwarded(args, "layers", "per_token", "dtype", "convention", "normalize", "batch_size", "workers",
+                        "shard_size", "overwrite", "device")  # fmt: skip
+    decompose_run(args.out, args.images, model=_choice(args), **options)
     return 0
 
 
@@ -101,17 +77,8 @@ def _ablate(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     from .segment_run import segment_run
 
-    paths = segment_run(
-        args.out,
-        args.images,
-        args.masks,
-        model=_choice(args),
-        layers=args.layers,
-        text=args.text,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-    )
+    options = forwarded(args, "layers", "text", "batch_size", "workers", "device")
+    paths = segment_run(args.out, args.images, args.masks, model=_choice(args), **options)
     print(f"vision-kernels clip segment: wrote {', '.join(str(p) for p in paths.values())}")
     print(paths["md"].read_text(encoding="utf-8"), end="")
     return 0
@@ -132,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     commands = clip.add_subparsers(dest="clip_command", required=True)
 
     decompose = commands.add_parser("decompose", help="decompose every image of a source into a sharded run folder")
-    _model_arguments(decompose)
+    model_arguments(decompose, seed=True)
     decompose.add_argument("--images", required=True, help="class-folder tree, list file of paths, or .tar shards")
     decompose.add_argument("--out", required=True, type=output_folder, help="run folder (resumed if it exists)")
     decompose.add_argument(
@@ -166,7 +133,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     ablate.set_defaults(handler=_leaves_process_group(_ablate))
 
     segment = commands.add_parser("segment", help="zero-shot segmentation scores over an image/mask folder pair")
-    _model_arguments(segment)
+    model_arguments(segment, seed=True)
     segment.add_argument("--images", required=True, type=existing_folder, help="images (class sub-folders or flat)")
     segment.add_argument("--masks", required=True, type=existing_folder, help="masks at the same relative paths")
     segment.add_argument("--out", required=True, type=output_folder, help="folder for segmentation.json/.md")

@@ -36,13 +36,13 @@ from torch import Tensor
 from .. import _progress
 from ..ops._checks import ArgCheck
 from ..ops.attention_decomp import attention_decomposition
+from ._checks import CONVENTIONS, check_convention, layer_index
 from .capture import Capture, capture
 from .folded import folded_head_matrices
 from .towers import FUNCTION, VisionTower, as_vision_tower, check_images
 
 __all__ = ["CONVENTIONS", "Decomposition", "decompose", "normalize_layers"]
 
-CONVENTIONS = ("per_term", "even_split")
 OUTPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -142,14 +142,7 @@ def normalize_layers(layers: int | Sequence[int] | None, num_layers: int, functi
         return list(range(num_layers))
     check = ArgCheck(function)
     indices = check.integers(layers, "layers") if isinstance(layers, Sequence) else [check.integer(layers, "layers")]
-    result = []
-    for position, index in enumerate(indices):
-        if not -num_layers <= index < num_layers:
-            raise IndexError(
-                f"{function}: argument 'layers' must hold layer indices in [{-num_layers}, {num_layers}) for a "
-                f"model with {num_layers} layers, got {index} at position {position}"
-            )
-        result.append(index % num_layers)
+    result = [layer_index(index, num_layers, function, "layers", position) for position, index in enumerate(indices)]
     if not result:
         raise ValueError(f"{function}: argument 'layers' must list at least one layer, got an empty list")
     return result
@@ -349,8 +342,7 @@ def decompose(
             f"{FUNCTION}: argument 'images' must be finite, got NaN or Inf in {len(bad)} of {images.shape[0]} "
             f"images (first: image {bad[0]})"
         )
-    if convention not in CONVENTIONS:
-        raise ValueError(f"{FUNCTION}: argument 'convention' must be one of {CONVENTIONS}, got {convention!r}")
+    check_convention(convention, FUNCTION)
     dtype = dtype or tower.dtype
     if dtype not in OUTPUT_DTYPES:
         raise TypeError(f"{FUNCTION}: argument 'dtype' must be float32, float64, float16 or bfloat16, got {dtype}")

@@ -23,10 +23,7 @@ the identity of the model that produced the contributions: a fingerprint of the 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import math
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,21 +34,27 @@ import torch
 from torch import Tensor
 
 from .. import _progress
-from ..ops._checks import ArgCheck
-from ._index_files import FORMAT, VERSION, faiss_module, read_index_folder, write_index_folder
-from .decompose import decompose
-from .towers import VisionTower, as_vision_tower, check_images
+from . import _index_build as build
+from ._index_files import FORMAT, VERSION, read_index_folder, write_index_folder
+from ._index_keys import (
+    IVF_FROM,
+    check_finite,
+    check_options,
+    chosen_kind,
+    finite_images,
+    head_key,
+    image_batches,
+    parse_key,
+    resolve_keys,
+)
+from ._index_keys import (
+    contributions as key_contributions,
+)
+from .towers import VisionTower, as_vision_tower
 
-__all__ = ["HeadIndex", "ModelIdentity", "SearchResult", "head_key", "model_identity"]
+__all__ = ["IVF_FROM", "HeadIndex", "ModelIdentity", "SearchResult", "head_key", "model_identity"]
 
 FUNCTION = "vision_kernels.clip.HeadIndex"
-METRICS = ("cosine", "ip")
-KINDS = ("auto", "flat", "ivf")
-IVF_FROM = 100_000  # "auto" switches to IVF from this many images
-
-
-def _faiss() -> Any:
-    return faiss_module(FUNCTION)
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,6 @@ def model_identity(model: object, name: str | None = None) -> ModelIdentity:
     return ModelIdentity(name or type(tower.module).__name__, digest.hexdigest())
 
 
-def head_key(layer: int, head: int) -> str:
-    """The key of a single head's index: ``"L{layer}H{head}"``."""
-    return f"L{int(layer)}H{int(head)}"
-
-
 @dataclass
 class SearchResult:
     """Nearest neighbours of ``Q`` queries.
@@ -101,158 +99,6 @@ class SearchResult:
     scores: Tensor
     indices: Tensor
     ids: list[list[Any]] | None = None
-
-
-class _KeyBuilder:
-    """Buffers the first ``sample_size`` vectors of one key, then fixes the mean, trains and adds."""
-
-    def __init__(self, dim: int, metric: str, center: bool, kind: str, nlist: int | None, sample: int, gpu: int | None):
-        self.dim, self.metric, self.center, self.kind = dim, metric, center, kind
-        self.nlist, self.sample, self.gpu = nlist, sample, gpu
-        self.buffer: list[np.ndarray] = []
-        self.buffered = 0
-        self.index: Any = None
-        self.mean: np.ndarray | None = None
-
-    def add(self, vectors: np.ndarray) -> None:
-        if self.index is None:
-            self.buffer.append(vectors)
-            self.buffered += len(vectors)
-            if self.buffered >= self.sample:
-                self._start()
-        else:
-            self.index.add(_prepare(vectors, self.mean, self.metric))
-
-    def _start(self) -> None:
-        data = np.concatenate(self.buffer) if self.buffer else np.zeros((0, self.dim), np.float32)
-        self.buffer = []
-        self.mean = data.mean(0).astype(np.float32) if self.center and len(data) else None
-        prepared = _prepare(data, self.mean, self.metric)
-        self.index = _new_index(self.dim, self.kind, self.nlist, prepared, self.gpu)
-        if len(prepared):
-            self.index.add(prepared)
-
-    def finish(self) -> tuple[Any, np.ndarray | None]:
-        if self.index is None:
-            self._start()
-        return self.index, self.mean
-
-
-def _prepare(vectors: np.ndarray, mean: np.ndarray | None, metric: str) -> np.ndarray:
-    """Centre (when a mean is given) and, for cosine, L2-normalize rows; a new float32 C-contiguous array."""
-    out = np.array(vectors, dtype=np.float32, order="C", copy=True)
-    if mean is not None:
-        out -= mean
-    if metric == "cosine" and len(out):
-        norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
-        out /= np.maximum(norms, np.finfo(np.float32).tiny)
-    return out
-
-
-_gpu_resources: Any = None
-
-
-def _gpu_device(device: str | torch.device | None) -> int | None:
-    """The CUDA ordinal for faiss-gpu, or None to stay on the CPU (no GPU, or faiss without GPU support)."""
-    faiss = _faiss()
-    if device is None or torch.device(device).type != "cuda":
-        return None
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
-        return None
-    return torch.device(device).index or 0
-
-
-def _new_index(dim: int, kind: str, nlist: int | None, training: np.ndarray, gpu: int | None) -> Any:
-    global _gpu_resources
-    faiss = _faiss()
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        count = len(training)
-        cells = nlist or int(4 * math.sqrt(count))
-        cells = max(1, min(cells, count // 39))  # FAISS wants >= 39 training points per cell
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, cells, faiss.METRIC_INNER_PRODUCT)
-        index.own_fields = True  # the index owns (and frees) its quantizer
-        quantizer.this.disown()
-        index.train(training)
-    if gpu is not None:
-        if _gpu_resources is None:
-            _gpu_resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(_gpu_resources, gpu, index)
-    return index
-
-
-def _on_cpu(index: Any) -> Any:
-    faiss = _faiss()
-    if type(index).__name__.startswith("Gpu"):
-        return faiss.index_gpu_to_cpu(index)
-    return index
-
-
-def _as_pairs(value: Iterable[Sequence[int]], function: str, name: str) -> tuple[tuple[int, int], ...]:
-    pairs = []
-    for item in value:
-        if len(item) != 2:
-            raise ValueError(f"{function}: argument '{name}' must hold (layer, head) pairs, got {item!r}")
-        check = ArgCheck(function)
-        pairs.append((check.integer(item[0], name), check.integer(item[1], name)))
-    if not pairs:
-        raise ValueError(f"{function}: argument '{name}' must hold at least one (layer, head) pair")
-    return tuple(pairs)
-
-
-def _resolve_keys(
-    tower: VisionTower,
-    heads: Iterable[Sequence[int]] | None,
-    layers: Iterable[int] | None,
-    groups: Mapping[str, Iterable[Sequence[int]]] | None,
-    function: str,
-) -> dict[str, tuple[tuple[int, int], ...]]:
-    keys: dict[str, tuple[tuple[int, int], ...]] = {}
-    num_layers, num_heads = tower.num_layers, tower.heads
-    pairs = list(_as_pairs(heads, function, "heads")) if heads is not None else []
-    for layer in ArgCheck(function).integers(layers or (), "layers"):
-        pairs += [(layer % num_layers if -num_layers <= layer < num_layers else layer, h) for h in range(num_heads)]
-    for layer, head in pairs:
-        keys[head_key(layer, head)] = ((layer, head),)
-    for name, members in (groups or {}).items():
-        if name in keys:
-            raise ValueError(f"{function}: argument 'groups' has name {name!r}, which is the key of a single head")
-        keys[str(name)] = _as_pairs(members, function, f"groups[{name!r}]")
-    if not keys:
-        raise ValueError(f"{function}: give the heads to index: 'heads', 'layers' or 'groups'")
-    for members in keys.values():
-        for layer, head in members:
-            if not 0 <= layer < num_layers or not 0 <= head < num_heads:
-                raise IndexError(
-                    f"{function}: head ({layer}, {head}) is out of range for a model with {num_layers} layers of "
-                    f"{num_heads} heads"
-                )
-    return keys
-
-
-def _image_batches(images: Tensor | Iterable, batch_size: int) -> tuple[Iterable, int | None]:
-    """Batches of images and, when known, how many images there are."""
-    if isinstance(images, Tensor):
-        return images.split(batch_size), images.shape[0]
-    dataset = getattr(images, "dataset", None)
-    total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
-    return images, total
-
-
-def _contributions(
-    tower: VisionTower, images: Tensor, keys: Mapping[str, tuple[tuple[int, int], ...]]
-) -> dict[str, Tensor]:
-    """``{key: [B, E]}`` summed direct contributions (normalized by ``|z|``) of each key's heads."""
-    layers = sorted({layer for members in keys.values() for layer, _ in members})
-    heads = decompose(tower, images, layers=layers, per_head=True, normalize=True, keep_capture=False).heads
-    position = {layer: i for i, layer in enumerate(layers)}  # heads: [B, S, H, E]
-    out = {}
-    for key, members in keys.items():
-        terms = [heads[:, position[layer], head] for layer, head in members]  # each [B, E]
-        out[key] = functools.reduce(operator.add, terms).float()
-    return out
 
 
 class HeadIndex:
@@ -358,18 +204,18 @@ class HeadIndex:
         """
         function = f"{FUNCTION}.build"
         tower = as_vision_tower(model)
-        _check_options(metric, kind, batch_size, sample_size, function)
-        keys = _resolve_keys(tower, heads, layers, groups, function)
-        batches, total = _image_batches(images, batch_size)
-        chosen = "ivf" if kind == "ivf" or (kind == "auto" and (total or 0) >= IVF_FROM) else "flat"
+        check_options(metric, kind, batch_size, sample_size, function)
+        keys = resolve_keys(tower, heads, layers, groups, function)
+        batches, total = image_batches(images, batch_size)
+        chosen = chosen_kind(kind, total)
         dim = tower.embed_dim()
-        gpu = _gpu_device(device)
-        builders = {key: _KeyBuilder(dim, metric, center, chosen, nlist, sample_size, gpu) for key in keys}
+        gpu = build.gpu_device(device)
+        builders = {key: build.KeyBuilder(dim, metric, center, chosen, nlist, sample_size, gpu) for key in keys}
         count = 0
         with torch.no_grad():
             for batch in _progress.progress(batches, desc="index images", enabled=progress):
                 batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-                vectors = _contributions(tower, _finite_images(tower, batch, function), keys)
+                vectors = key_contributions(tower, finite_images(tower, batch, function), keys)
                 for key, builder in builders.items():
                     builder.add(vectors[key].cpu().numpy())
                 count += batch.shape[0]
@@ -404,7 +250,7 @@ class HeadIndex:
         in chunks of ``chunk`` (progress bar).
         """
         function = f"{FUNCTION}.from_contributions"
-        _check_options(metric, kind, chunk, sample_size, function)
+        check_options(metric, kind, chunk, sample_size, function)
         if not contributions:
             raise ValueError(f"{function}: argument 'contributions' must hold at least one key")
         shapes = {key: tuple(value.shape) for key, value in contributions.items()}
@@ -413,18 +259,25 @@ class HeadIndex:
             raise ValueError(f"{function}: argument 'contributions' must map keys to non-empty [K, E] tensors of one "
                              f"shape, got {shapes}")  # fmt: skip
         count, dim = first
-        for key, value in contributions.items():
-            _check_finite(value, function, f"contributions[{key!r}]")
-        chosen = "ivf" if kind == "ivf" or (kind == "auto" and count >= IVF_FROM) else "flat"
-        gpu = _gpu_device(device)
-        names = {key: tuple(keys[key]) if keys and key in keys else _parse_key(key) for key in contributions}
-        finished = {}
-        for key, value in contributions.items():
-            builder = _KeyBuilder(dim, metric, center, chosen, nlist, min(sample_size, count), gpu)
-            starts = range(0, count, chunk)
-            for start in _progress.progress(starts, desc=f"index {key}", total=len(starts), enabled=progress):
-                builder.add(value[start : start + chunk].detach().float().cpu().numpy())
-            finished[key] = builder.finish()
+        chosen = chosen_kind(kind, count)
+        gpu = build.gpu_device(device)
+        names = {key: tuple(keys[key]) if keys and key in keys else parse_key(key) for key in contributions}
+        finished = {
+            key: build.index_tensor(
+                value,
+                metric=metric,
+                center=center,
+                kind=chosen,
+                nlist=nlist,
+                sample=min(sample_size, count),
+                gpu=gpu,
+                chunk=chunk,
+                progress=progress,
+                function=function,
+                name=f"contributions[{key!r}]",
+            )  # fmt: skip
+            for key, value in contributions.items()
+        }
         return cls._finished(finished, identity, names, metric, center, chosen, dim, count, ids, nprobe, function)
 
     @classmethod
@@ -477,14 +330,14 @@ class HeadIndex:
         tower = self.check_model(model, function)
         chosen = {self._key(k, function): self.keys[k] for k in (keys or list(self.keys))}
         with torch.no_grad():
-            return _contributions(tower, _finite_images(tower, images, function), chosen)
+            return key_contributions(tower, finite_images(tower, images, function), chosen)
 
     def _search(self, key: str, prepared: np.ndarray, k: int, function: str) -> SearchResult:
         if not 1 <= k:
             raise ValueError(f"{function}: argument 'k' must be >= 1, got {k}")
         index = self.indexes[key]
         if type(index).__name__ == "IndexFlatIP" and index.ntotal > 0:
-            scores, indices = _flat_search(index, prepared, min(k, self.count))
+            scores, indices = build.flat_search(index, prepared, min(k, self.count))
         else:
             scores, indices = index.search(prepared, min(k, self.count))
         ids = None
@@ -501,14 +354,14 @@ class HeadIndex:
                 f"{function}: argument '{name}' must be [E] or [Q, E] with E = {self.dim} (the index's embedding "
                 f"size), got {list(queries.shape)}"
             )
-        _check_finite(queries, function, name)
+        check_finite(queries, function, name)
         return queries.detach().float().cpu().numpy()
 
     def search_contributions(self, key: str, contributions: Tensor, k: int = 4) -> SearchResult:
         """Nearest database images of contributions ``[Q, E]`` under ``key`` (centred, normalized as the database)."""
         function = f"{FUNCTION}.search_contributions"
         key = self._key(key, function)
-        prepared = _prepare(self._queries(contributions, function, "contributions"), self.means[key], self.metric)
+        prepared = build.prepare(self._queries(contributions, function, "contributions"), self.means[key], self.metric)
         return self._search(key, prepared, k, function)
 
     def search_images(self, model: object, images: Tensor, key: str, k: int = 4) -> SearchResult:
@@ -521,7 +374,7 @@ class HeadIndex:
         such as text embeddings (the directions are normalized for the cosine metric, not centred)."""
         function = f"{FUNCTION}.search_directions"
         key = self._key(key, function)
-        prepared = _prepare(self._queries(directions, function, "directions"), None, self.metric)
+        prepared = build.prepare(self._queries(directions, function, "directions"), None, self.metric)
         return self._search(key, prepared, k, function)
 
     # ------------------------------------------------------------ persistence
@@ -546,7 +399,7 @@ class HeadIndex:
             "nprobe": self.nprobe,
             "ids": self.ids,
         }
-        indexes = {key: _on_cpu(index) for key, index in self.indexes.items()}
+        indexes = {key: build.on_cpu(index) for key, index in self.indexes.items()}
         return write_index_folder(path, meta, indexes, self.means, f"{FUNCTION}.save")
 
     @classmethod
@@ -560,37 +413,10 @@ class HeadIndex:
         fields = read_index_folder(path, function)
         identity = ModelIdentity(**fields.pop("identity"))
         _check_identity(identity, model, function)
-        gpu = _gpu_device(device)
+        gpu = build.gpu_device(device)
         if gpu is not None:
-            faiss = _faiss()
-            resources = _gpu_resources or faiss.StandardGpuResources()
-            fields["indexes"] = {k: faiss.index_cpu_to_gpu(resources, gpu, v) for k, v in fields["indexes"].items()}
+            fields["indexes"] = {k: build.to_gpu(v, gpu) for k, v in fields["indexes"].items()}
         return cls(identity=identity, **fields)
-
-
-def _flat_search(
-    index: Any, queries: np.ndarray, k: int, block_elements: int = 1 << 24
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` inner products of ``queries [Q, E]`` against a CPU ``IndexFlatIP``'s stored vectors."""
-    faiss = _faiss()
-    stored = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-    keys = torch.from_numpy(stored)  # [K, E], a view of the index's storage
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))  # [Q, E]
-    block = max(k, block_elements // max(1, q.shape[0]))
-    best_scores = best_indices = None
-    for start in range(0, keys.shape[0], block):
-        scores = q @ keys[start : start + block].T  # [Q, b]
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        indices = top.indices + start
-        if best_scores is not None and best_indices is not None:
-            merged = torch.cat([best_scores, top.values], 1).topk(k, dim=1)
-            indices = torch.cat([best_indices, indices], 1).gather(1, merged.indices)
-            top_values = merged.values
-        else:
-            top_values = top.values
-        best_scores, best_indices = top_values, indices
-    assert best_scores is not None and best_indices is not None
-    return best_scores.numpy(), best_indices.numpy()
 
 
 def _check_identity(identity: ModelIdentity, model: object, function: str) -> VisionTower:
@@ -603,38 +429,3 @@ def _check_identity(identity: ModelIdentity, model: object, function: str) -> Vi
             f"{actual.fingerprint[:12]}...; rebuild the index for this model"
         )
     return tower
-
-
-def _check_finite(values: Tensor, function: str, name: str) -> None:
-    """ValueError when ``values`` holds NaN or Inf (which FAISS would index or search silently)."""
-    bad = ~torch.isfinite(values)
-    if bool(bad.any()):
-        raise ValueError(
-            f"{function}: argument '{name}' must be finite, got {int(bad.sum())} NaN/Inf values of {values.numel()}"
-        )
-
-
-def _finite_images(tower: VisionTower, images: object, function: str) -> Tensor:
-    checked = check_images(tower, images, function)
-    _check_finite(checked, function, "images")
-    return checked
-
-
-def _check_options(metric: str, kind: str, batch_size: int, sample_size: int, function: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"{function}: argument 'metric' must be one of {METRICS}, got {metric!r}")
-    if kind not in KINDS:
-        raise ValueError(f"{function}: argument 'kind' must be one of {KINDS}, got {kind!r}")
-    if batch_size < 1:
-        raise ValueError(f"{function}: argument 'batch_size' must be >= 1, got {batch_size}")
-    if sample_size < 1:
-        raise ValueError(f"{function}: argument 'sample_size' must be >= 1, got {sample_size}")
-
-
-def _parse_key(key: str) -> tuple[tuple[int, int], ...]:
-    """``"L3H5"`` -> ``((3, 5),)``; other names -> ``()``."""
-    if key.startswith("L") and "H" in key:
-        layer, _, head = key[1:].partition("H")
-        if layer.isdigit() and head.isdigit():
-            return ((int(layer), int(head)),)
-    return ()

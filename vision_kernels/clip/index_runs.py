@@ -29,18 +29,9 @@ from torch import Tensor
 
 from .. import _progress
 from ..runs import RunSpec, ShardedRun, distributed
-from .index import (
-    IVF_FROM,
-    HeadIndex,
-    _check_options,
-    _contributions,
-    _faiss,
-    _finite_images,
-    _new_index,
-    _prepare,
-    _resolve_keys,
-    model_identity,
-)
+from . import _index_build as build
+from ._index_keys import check_options, chosen_kind, contributions, finite_images, resolve_keys
+from .index import HeadIndex, model_identity
 from .neuron_runs import ImageLoader, together
 from .towers import as_vision_tower
 
@@ -51,8 +42,8 @@ FUNCTION = "vision_kernels.clip.build_index_run"
 
 def _vectors(tower: Any, images: Tensor, keys: Mapping[str, Any]) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        contributions = _contributions(tower, _finite_images(tower, images, FUNCTION), keys)
-    return {key: value.cpu().numpy() for key, value in contributions.items()}
+        vectors = contributions(tower, finite_images(tower, images, FUNCTION), keys)
+    return {key: value.cpu().numpy() for key, value in vectors.items()}
 
 
 Arrays = dict[str, np.ndarray]
@@ -88,13 +79,15 @@ def _sample(tower: Any, load: ImageLoader, sample: int, shard_size: int, keys: M
 def _empty_indexes(keys: Sequence[str], kind: str, nlist: int | None, dim: int, training: Mapping[str, np.ndarray],
                    means: Mapping[str, np.ndarray | None], metric: str) -> dict[str, Any]:  # fmt: skip
     """Per key the empty (trained, for IVF) index: built on rank 0, broadcast to every rank."""
-    faiss = _faiss()
+    faiss = build.faiss()
     blobs = None
     if distributed.current().main:
         blobs = {}
         for key in keys:
-            prepared = _prepare(training[key], means[key], metric) if kind == "ivf" else np.zeros((0, dim), np.float32)
-            blobs[key] = faiss.serialize_index(_new_index(dim, kind, nlist, prepared, None)).tobytes()
+            prepared = (
+                build.prepare(training[key], means[key], metric) if kind == "ivf" else np.zeros((0, dim), np.float32)
+            )
+            blobs[key] = faiss.serialize_index(build.new_index(dim, kind, nlist, prepared, None)).tobytes()
     blobs = distributed.broadcast_object(blobs)
     assert blobs is not None
     return {key: faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8)) for key, blob in blobs.items()}
@@ -137,13 +130,13 @@ def build_index_run(
     inputs. Returns the index on rank 0 (None on the other ranks).
     """
     tower = as_vision_tower(model)
-    _check_options(metric, kind, 1, sample_size, FUNCTION)
+    check_options(metric, kind, 1, sample_size, FUNCTION)
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"{FUNCTION}: argument 'shard_size' must be an integer >= 1, got {shard_size!r}")
     if not inputs:
         raise ValueError(f"{FUNCTION}: argument 'inputs' must hold at least one image")
-    keys = _resolve_keys(tower, heads, layers, groups, FUNCTION)
-    chosen = "ivf" if kind == "ivf" or (kind == "auto" and len(inputs) >= IVF_FROM) else "flat"
+    keys = resolve_keys(tower, heads, layers, groups, FUNCTION)
+    chosen = chosen_kind(kind, len(inputs))
     dim = tower.embed_dim()
     folder = Path(out)
     parts_folder = folder.with_name(folder.name + ".parts")
@@ -154,7 +147,7 @@ def build_index_run(
         raise ValueError(f"{FUNCTION}: none of the first {sample} images could be read")
     means = {key: (value / seen).astype(np.float32) if center else None for key, value in sums.items()}
     empty = _empty_indexes(list(keys), chosen, nlist, dim, rows, means, metric)
-    faiss = _faiss()
+    faiss = build.faiss()
     identity = model_identity(tower, name)
     options = {
         "fingerprint": identity.fingerprint,
@@ -177,7 +170,7 @@ def build_index_run(
             positions: list[int] = []
             for images, where in load(list(range(shard.start, shard.stop))):
                 for key, value in _vectors(tower, images, keys).items():
-                    parts[key].add(_prepare(value, means[key], metric))
+                    parts[key].add(build.prepare(value, means[key], metric))
                 positions += [int(p) for p in where]
             tensors = {names[k]: torch.from_numpy(faiss.serialize_index(part).copy()) for k, part in parts.items()}
             tensors["positions"] = torch.tensor(positions, dtype=torch.int64)
@@ -202,7 +195,7 @@ def _merge(run: ShardedRun, keys: Mapping[str, Any], names: Mapping[str, str], e
            means: Mapping[str, np.ndarray | None], identity: Any, metric: str, center: bool, kind: str, dim: int,
            nprobe: int, inputs: Sequence[str]) -> HeadIndex:  # fmt: skip
     """Merge every shard's parts in shard order (FAISS merge_from) into one index per key."""
-    faiss = _faiss()
+    faiss = build.faiss()
     merged = {key: faiss.clone_index(empty[key]) for key in keys}
     ids: list[str] = []
     for shard in _progress.progress(run.shards, desc="index: merge"):

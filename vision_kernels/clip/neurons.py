@@ -56,6 +56,7 @@ from .. import _progress
 from ..ops._checks import ArgCheck
 from ..ops.second_order import second_order_effects
 from ..runs import distributed as runs_distributed
+from ._checks import check_convention, layer_index
 from .capture import Capture, capture
 from .folded import folded_head_matrices
 from .neuron_candidates import Candidates, centred_norms, exchange_across_ranks
@@ -74,7 +75,6 @@ __all__ = [
 ]
 
 FUNCTION = "vision_kernels.clip.neuron_effects"
-CONVENTIONS = ("per_term", "even_split")
 
 
 @dataclass
@@ -117,9 +117,8 @@ def _normalize_later(later_layers: Sequence[int] | None, layer: int, num_layers:
         return list(range(layer + 1, num_layers))
     result = []
     for position, value in enumerate(later_layers):
-        index = int(value)
-        index = index % num_layers if -num_layers <= index < num_layers else index
-        if not layer < index < num_layers:
+        index = layer_index(value, num_layers, function, "later_layers", position)
+        if not layer < index:
             raise IndexError(
                 f"{function}: argument 'later_layers' must hold layers after the MLP layer {layer} and below "
                 f"{num_layers}, got {value} at position {position}"
@@ -193,8 +192,7 @@ def neuron_directions(
     """
     function = "vision_kernels.clip.neuron_directions"
     tower = as_vision_tower(model)
-    if convention not in CONVENTIONS:
-        raise ValueError(f"{function}: argument 'convention' must be one of {CONVENTIONS}, got {convention!r}")
+    check_convention(convention, function)
     layer = _normalize_layer(layer, tower.num_layers, function)
     later = _normalize_later(later_layers, layer, tower.num_layers, function)
     source = tower.blocks[layer]

@@ -39,8 +39,9 @@ from torch import Tensor
 from .. import _progress
 from .._files import atomic_open, file_sha256
 from ..runs import RunReader, RunSpec, ShardedRun, distributed
+from ._checks import check_convention
 from .data import ImageSource, image_batches, model_transform, open_image_source
-from .decompose import CONVENTIONS, Decomposition, decompose, normalize_layers
+from .decompose import Decomposition, decompose, normalize_layers
 from .index import model_identity
 from .models import LoadedClip, load_clip
 from .towers import as_vision_tower
@@ -227,8 +228,7 @@ def decompose_run(
     check_model_name(choice, function)
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"{function}: argument 'dtype' must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-    if convention not in CONVENTIONS:
-        raise ValueError(f"{function}: argument 'convention' must be one of {CONVENTIONS}, got {convention!r}")
+    check_convention(convention, function)
     _positive(batch_size, "batch_size", function)
     _positive(shard_size, "shard_size", function)
     if not isinstance(workers, int) or workers < 0:

@@ -26,6 +26,7 @@ import torch
 from .._cli import UsageError, existing_file, existing_folder, output_file, output_folder, positive_int
 from .._files import atomic_open, atomic_path, file_sha256
 from ..runs import distributed
+from ._arguments import model_arguments
 
 __all__ = ["add_subcommands"]
 
@@ -75,14 +76,6 @@ def _neurons(text: str) -> list[int]:
 
 def _fail(message: str) -> Any:
     raise argparse.ArgumentTypeError(message)
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--model", required=required, help="open_clip model name (e.g. ViT-B-32) or hf:<model id>")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained", help="open_clip pretrained tag (e.g. laion2b_s34b_b79k)")
-    weights.add_argument("--checkpoint", type=existing_file, help="a state dict (.safetensors, or .pt/.bin)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu; cuda under torchrun: cuda)")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -403,7 +396,7 @@ def _write_montage(path: Path, ids: list[Any], images: str | None, size: int = 1
 def add_subcommands(clip_subparsers: Any) -> None:
     """Add ``neurons``, ``describe-neurons`` and ``index {build,query}`` to the ``clip`` command group."""
     neurons = clip_subparsers.add_parser("neurons", help="second-order neuron statistics over a dataset (resumable)")
-    _add_model_arguments(neurons)
+    model_arguments(neurons)
     _add_run_arguments(neurons)
     neurons.add_argument("--layer", type=int, required=True, help="the MLP layer (negative counts from the end)")
     neurons.add_argument("--neurons", type=_neurons, help="neuron indices N,N,... or START:STOP (default all)")
@@ -419,13 +412,13 @@ def add_subcommands(clip_subparsers: Any) -> None:
     describe.add_argument("--n-nonzero", type=positive_int, required=True, help="texts per neuron (OMP steps)")
     describe.add_argument("--top-images", type=positive_int, default=5, help="top images listed per neuron")
     describe.add_argument("--report", help="report path prefix (default RUN/neurons -> .md, .html, .json)")
-    _add_model_arguments(describe, required=False)
+    model_arguments(describe, required=False)
     describe.set_defaults(handler=_describe_command)
 
     index = clip_subparsers.add_parser("index", help="CLIP-InterpreT databases: per-head FAISS indexes")
     verbs = index.add_subparsers(dest="index_command", required=True)
     build = verbs.add_parser("build", help="index the heads' contributions of a dataset (under torchrun: per rank)")
-    _add_model_arguments(build)
+    model_arguments(build)
     _add_run_arguments(build)
     build.add_argument("--heads", type=_heads, action="append", help="single heads L:H,L:H (repeatable)")
     build.add_argument("--layers", type=_layers, help="every head of these layers L,L")
@@ -447,7 +440,7 @@ def add_subcommands(clip_subparsers: Any) -> None:
     where.add_argument("--head", type=_head, help="a single head L:H")
     query.add_argument("-k", type=positive_int, default=8, help="neighbours (default 8)")
     query.add_argument("--montage", type=output_file([".png"]), help="also write the neighbours as a PNG montage")
-    _add_model_arguments(query, required=False)
+    model_arguments(query, required=False)
     query.set_defaults(handler=_query_command)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from .._cli import (
     existing_file,
     finite_float,
+    forwarded,
     nonnegative_int,
     output_file,
     output_folder,
@@ -44,23 +45,13 @@ def _collect(args: argparse.Namespace) -> int:
     from .collect import collect_adapters
 
     ranks = distributed.init_from_env()
-    result = collect_adapters(
-        args.adapters,
-        args.out,
-        attributes=args.attributes,
-        dtype=args.dtype,
-        shard_size=args.shard_size,
-        reference=args.reference,
-        overwrite=args.overwrite,
-        show_progress=False if args.quiet else None,
-    )
+    options = forwarded(args, "attributes", "dtype", "shard_size", "reference", "overwrite")
+    result = collect_adapters(args.adapters, args.out, **options)
     if ranks.main:
         for item in result.skipped:
             print(f"skipped {item['name']}: {item['reason']}", file=sys.stderr)
-        print(
-            f"w2w collect: {result.models} models ({result.layout.describe()}), {len(result.skipped)} skipped, "
-            f"in {result.folder}"
-        )
+        print(f"w2w collect: {result.models} models ({result.layout.describe()}), {len(result.skipped)} skipped, "
+              f"in {result.folder}")  # fmt: skip
     return 0
 
 
@@ -69,40 +60,22 @@ def _fit(args: argparse.Namespace) -> int:
     from .workflows import fit_space
 
     ranks = distributed.init_from_env()
-    space = fit_space(
-        args.weights,
-        args.out,
-        args.components,
-        seed=args.seed,
-        oversample=args.oversample,
-        n_iter=args.power_iterations,
-        memory=int(args.memory_gb * 2**30),
-        gram_memory=0 if args.no_gram else int(args.memory_gb * 2**30),
-        verify=args.verify,
-        show_progress=False if args.quiet else None,
-    )
+    budget = int(args.memory_gb * 2**30)
+    options = forwarded(args, "seed", "oversample", "verify", n_iter="power_iterations")
+    space = fit_space(args.weights, args.out, args.components, memory=budget,
+                      gram_memory=0 if args.no_gram else budget, **options)  # fmt: skip
     if ranks.main:
         explained = float(space.explained_variance_ratio.sum())
-        print(
-            f"w2w fit: {space.n_components} components of {space.n_models} models x {space.dim} dimensions, "
-            f"{100 * explained:.2f}% of the variance, {ranks.world} rank(s); wrote {args.out}"
-        )
+        print(f"w2w fit: {space.n_components} components of {space.n_models} models x {space.dim} dimensions, "
+              f"{100 * explained:.2f}% of the variance, {ranks.world} rank(s); wrote {args.out}")  # fmt: skip
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
     from .workflows import sample_adapters
 
-    written = sample_adapters(
-        args.space,
-        args.count,
-        args.out,
-        seed=args.seed,
-        scale=args.scale,
-        n_components=args.components,
-        format=args.format,
-        show_progress=False if args.quiet else None,
-    )
+    options = forwarded(args, "seed", "scale", "format", n_components="components")
+    written = sample_adapters(args.space, args.count, args.out, **options)
     print(f"w2w sample: {len(written)} adapters in {args.out}")
     return 0
 
@@ -110,15 +83,8 @@ def _sample(args: argparse.Namespace) -> int:
 def _edit(args: argparse.Namespace) -> int:
     from .workflows import edit_adapter
 
-    out = edit_adapter(
-        args.space,
-        args.adapter,
-        args.attribute,
-        args.strength,
-        args.out,
-        attributes_csv=args.attributes,
-        format=args.format,
-    )
+    options = forwarded(args, "format", attributes_csv="attributes")
+    out = edit_adapter(args.space, args.adapter, args.attribute, args.strength, args.out, **options)
     print(f"w2w edit: {args.attribute} {args.strength:+g} -> {out}")
     return 0
 
@@ -126,19 +92,8 @@ def _edit(args: argparse.Namespace) -> int:
 def _invert(args: argparse.Namespace) -> int:
     from .workflows import invert_image
 
-    out = invert_image(
-        args.space,
-        args.image,
-        args.base_model,
-        args.out,
-        steps=args.steps,
-        lr=args.lr,
-        n_components=args.components,
-        prompt=args.prompt,
-        seed=args.seed,
-        format=args.format,
-        show_progress=False if args.quiet else None,
-    )
+    options = forwarded(args, "steps", "lr", "prompt", "seed", "format", n_components="components")
+    out = invert_image(args.space, args.image, args.base_model, args.out, **options)
     print(f"w2w invert: {args.image} -> {out}")
     return 0
 
