@@ -48,6 +48,8 @@ _import_errors: dict[str, BaseException] = {}
 
 
 def _load(name: str) -> ModuleType | None:
+    if name in _modules:  # loaded (or failed) before: no lock on the per-call path
+        return _modules[name]
     with _lock:
         if name not in _modules:
             try:
@@ -99,8 +101,8 @@ def emulation_available() -> bool:
 
 def tensor_ref(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], int]:
     """The core's view of ``tensor``: (pointer, dtype code, shape, strides, device ordinal or -1)."""
-    device = -1 if tensor.device.type == "cpu" else int(tensor.device.index or 0)
-    return (tensor.data_ptr(), DTYPE_CODES[tensor.dtype], tuple(tensor.shape), tuple(tensor.stride()), device)
+    device = -1 if tensor.is_cpu else int(tensor.device.index or 0)
+    return (tensor.data_ptr(), DTYPE_CODES[tensor.dtype], tensor.shape, tensor.stride(), device)  # Size is a tuple
 
 
 _thread_setting = -1

@@ -75,7 +75,7 @@ from .. import _native
 from ._checks import ArgCheck, flatten_tensors
 from ._registry import EMULATED_KERNELS, cpu_native
 
-__all__ = ["Target", "Native", "DeclaredOp", "declare"]
+__all__ = ["Target", "Native", "Backend", "DeclaredOp", "declare"]
 
 R = TypeVar("R")
 
@@ -105,25 +105,62 @@ Target.EMULATED = Target("emulated")
 Target.FAKE = Target("fake")
 
 
+class Backend:
+    """The native entry points one kernel calls: ``call(stem, *args, workspace=...)`` runs
+    ``<stem>_cpu(*args, *workspace)`` or ``<stem>_cuda(*args, *workspace, stream)`` of its module.
+
+    Ops whose work is several native calls with torch in between (``pca_project``'s blocked GEMM path)
+    return ``Native(outputs, run=...)`` and make the calls themselves through the backend they are given.
+    """
+
+    __slots__ = ("module", "stream", "suffix", "cuda_source")
+
+    def __init__(self, module: Any, stream: int | None) -> None:
+        self.module = module
+        self.stream = stream  # None: the CPU entry points
+        self.suffix = "_cpu" if stream is None else "_cuda"
+        self.cuda_source = stream is not None
+
+    @staticmethod
+    def for_tensor(tensor: torch.Tensor) -> Backend:
+        """The CPU entry points for a host tensor, else the CUDA ones on the current stream."""
+        if tensor.device.type == "cpu":
+            return Backend(cpu_native(), None)
+        return Backend(_native.cuda_module(), _native.cuda_stream(tensor))
+
+    def call(self, stem: str, *args: Any, workspace: tuple[torch.Tensor, ...] = ()) -> None:
+        refs = [_ref(a) for a in args] + [_native.tensor_ref(w) for w in workspace]
+        if self.stream is not None:
+            refs.append(self.stream)
+        getattr(self.module, stem + self.suffix)(*refs)
+
+
 class Native(Generic[R]):
-    """What ``prepare`` returns: the op's ``outputs``, the native ``args`` and the ``workspace`` tensors."""
+    """What ``prepare`` returns: the op's ``outputs``, the native ``args`` and the ``workspace`` tensors.
 
-    __slots__ = ("outputs", "args", "workspace")
+    Or ``run(backend) -> outputs`` making the native calls itself; ``outputs`` is then what the fake
+    kernel returns (same shapes and dtypes).
+    """
 
-    def __init__(self, outputs: R, args: tuple[Any, ...], workspace: tuple[torch.Tensor, ...] = ()) -> None:
+    __slots__ = ("outputs", "args", "workspace", "run")
+
+    def __init__(
+        self,
+        outputs: R,
+        args: tuple[Any, ...] = (),
+        workspace: tuple[torch.Tensor, ...] = (),
+        run: Callable[[Backend], R] | None = None,
+    ) -> None:
         self.outputs = outputs
         self.args = args
         self.workspace = workspace
+        self.run = run
 
 
 def _ref(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return _native.tensor_ref(value)
     return value
-
-
-def _native_args(prepared: Native[Any]) -> list[Any]:
-    return [_ref(a) for a in prepared.args] + [_native.tensor_ref(w) for w in prepared.workspace]
 
 
 def _result_type(prepare: Callable[..., Any]) -> Any:
@@ -152,8 +189,7 @@ def _schema_prototype(prepare: Callable[..., Any], body: Callable[..., Any]) -> 
 def _tracing_off() -> bool:
     """No mode or transform that must see the call (checked before the CPU fast path)."""
     return (
-        not torch.compiler.is_compiling()
-        and torch._C._len_torch_dispatch_stack() == 0
+        torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._functorch.peek_interpreter_stack() is None
     )
@@ -185,10 +221,14 @@ class DeclaredOp(Generic[R]):
         ArgCheck(self.function).same_devices(tensors, device_type)
         return tensors[0][1] if tensors else None
 
-    def _cpu(self, *args: Any) -> R:
-        prepared = self.prepare(Target.CPU, *args)
-        getattr(cpu_native(), f"{self.native}_cpu")(*_native_args(prepared))
+    def _execute(self, prepared: Native[R], backend: Backend) -> R:
+        if prepared.run is not None:
+            return prepared.run(backend)
+        backend.call(self.native, *prepared.args, workspace=prepared.workspace)
         return prepared.outputs
+
+    def _cpu(self, *args: Any) -> R:
+        return self._execute(self.prepare(Target.CPU, *args), Backend(cpu_native(), None))
 
     def _cuda(self, *args: Any) -> R:
         anchor = self._check_devices(args, "cuda")
@@ -196,16 +236,12 @@ class DeclaredOp(Generic[R]):
             raise TypeError(f"{self.function}: a CUDA kernel was called without any tensor argument")
         with torch.cuda.device(anchor.device):
             prepared = self.prepare(Target.CUDA, *args)
-            native = getattr(_native.cuda_module(), f"{self.native}_cuda")
-            native(*_native_args(prepared), _native.cuda_stream(anchor))
-        return prepared.outputs
+            return self._execute(prepared, Backend(_native.cuda_module(), _native.cuda_stream(anchor)))
 
     def emulated(self, *args: Any) -> R:
         """The CUDA kernel's source run by the host harness on CPU tensors (``vision_kernels.testing.emulated``)."""
         self._check_devices(args, "cpu")
-        prepared = self.prepare(Target.EMULATED, *args)
-        getattr(_native.emulation_module(), f"{self.native}_cuda")(*_native_args(prepared), 0)
-        return prepared.outputs
+        return self._execute(self.prepare(Target.EMULATED, *args), Backend(_native.emulation_module(), 0))
 
     def _fake(self, *args: Any) -> R:
         self._check_devices(args, None)
@@ -219,6 +255,8 @@ class DeclaredOp(Generic[R]):
 
     def __call__(self, *args: Any) -> R:
         """Run the op: the CPU kernel directly when the dispatcher would pick it anyway, else ``torch.ops``."""
+        if torch.compiler.is_compiling():  # dynamo traces the dispatcher call, never the fast path
+            return self.overload(*args)  # type: ignore[no-any-return]
         fast = True
         for value in args:
             if isinstance(value, torch.Tensor):
