@@ -3,9 +3,8 @@ fused and blocked paths), every dtype, strides, gradients, torch.library contrac
 
 from __future__ import annotations
 
-import threading
-
 import importlib
+import threading
 
 import numpy as np
 import pytest

@@ -340,6 +340,13 @@ _pca_reconstruct_op.register_autograd(_reconstruct_backward, setup_context=_reco
 # ---------------------------------------------------------------- public functions
 
 
+def _check_tensors(function: str, name: str, x: object, mean: object, std: object, basis: object) -> None:
+    check = ArgCheck(function)
+    for value, argument in ((x, name), (mean, "mean"), (std, "std"), (basis, "basis")):
+        if value is not None or argument != "mean":
+            check.tensor(value, argument)
+
+
 @accepts_arrays("w", "mean", "std", "basis")
 def pca_project(w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, *, check_finite: bool = True) -> Tensor:
     """Coefficients of weights in a standardized PCA basis (the weights2weights projection).
@@ -363,12 +370,7 @@ def pca_project(w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, *, c
         Differentiable in all four inputs. Raises ValueError for a basis of the wrong width, a
         zero or negative std, NaN/Inf; TypeError for mismatched dtypes.
     """
-    check = ArgCheck(PROJECT)
-    check.tensor(w, "w")
-    check.tensor(std, "std")
-    check.tensor(basis, "basis")
-    if mean is not None:
-        check.tensor(mean, "mean")
+    _check_tensors(PROJECT, "w", w, mean, std, basis)
     if w.dim() == 1:
         return _pca_project_op(w.unsqueeze(0), mean, std, basis, check_finite)[0]
     return _pca_project_op(w, mean, std, basis, check_finite)
@@ -403,12 +405,7 @@ def pca_reconstruct(
     Returns:
         ``[B, D]`` (or ``[D]``) weights. Differentiable in all four inputs.
     """
-    check = ArgCheck(RECONSTRUCT)
-    check.tensor(coeffs, "coeffs")
-    check.tensor(std, "std")
-    check.tensor(basis, "basis")
-    if mean is not None:
-        check.tensor(mean, "mean")
+    _check_tensors(RECONSTRUCT, "coeffs", coeffs, mean, std, basis)
     if coeffs.dim() == 1:
         return _pca_reconstruct_op(coeffs.unsqueeze(0), mean, std, basis, out_dtype, check_finite)[0]
     return _pca_reconstruct_op(coeffs, mean, std, basis, out_dtype, check_finite)
