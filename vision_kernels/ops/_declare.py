@@ -260,7 +260,7 @@ class DeclaredOp(Generic[R]):
         fast = True
         for value in args:
             if isinstance(value, torch.Tensor):
-                if type(value) is not torch.Tensor or value.device.type != "cpu" or value.requires_grad:
+                if type(value) is not torch.Tensor or not value.is_cpu or value.requires_grad:
                     fast = False
                     break
             elif isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
