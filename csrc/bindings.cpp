@@ -10,7 +10,9 @@
 #include <string>
 
 #include "common/errors.h"
+#include "common/finite.h"
 #include "common/parallel.h"
+#include "common/pybind_tensor.h"
 #include "common/registry.h"
 
 #if defined(VK_WITH_CUDA) && !defined(VK_EMULATION_MODULE)
@@ -107,5 +109,7 @@ PYBIND11_MODULE(VK_MODULE_NAME, module) {
              "Threads for the core's parallel loops (0: OpenMP default). The Python layer keeps it "
              "equal to torch.get_num_threads().");
   module.def("num_threads", &vk::num_threads, "Threads the next parallel loop will use.");
+  module.def("all_finite", &vk::all_finite, py::arg("t"), py::call_guard<py::gil_scoped_release>(),
+             "Whether a host tensor holds no NaN or Inf (the fast path of the ops' finite checks).");
   for (const auto& entry : vk::binding_registry()) entry.second(module);
 }

@@ -48,6 +48,8 @@ _import_errors: dict[str, BaseException] = {}
 
 
 def _load(name: str) -> ModuleType | None:
+    if name in _modules:  # loaded (or failed) before: no lock on the per-call path
+        return _modules[name]
     with _lock:
         if name not in _modules:
             try:
@@ -58,22 +60,34 @@ def _load(name: str) -> ModuleType | None:
         return _modules[name]
 
 
+def _required(name: str, error: type[Exception], message: str) -> ModuleType:
+    """Module ``name`` or ``error(message)`` with ``{}`` replaced by the import error."""
+    module = _load(name)
+    if module is None:
+        raise error(message.format(_import_errors.get(name)))
+    return module
+
+
 def cpu_module() -> ModuleType:
     """The compiled core ``vision_kernels._C`` (raises ImportError with a fix if it is missing)."""
-    module = _load("_C")
-    if module is None:
-        raise ImportError(
-            "vision_kernels: the compiled core vision_kernels._C could not be imported "
-            f"({_import_errors['_C']}). Install the package with `pip install .` (or "
-            "`make test`) instead of importing it from a source checkout that was never built."
-        )
-    return module
+    return _required(
+        "_C",
+        ImportError,
+        "vision_kernels: the compiled core vision_kernels._C could not be imported ({}). Install the package "
+        "with `pip install .` (or `make test`) instead of importing it from a source checkout that was never built.",
+    )
+
+
+_cuda_compiled: bool | None = None
 
 
 def cuda_module() -> ModuleType:
     """``_C`` when it carries CUDA kernels, else a RuntimeError explaining how to get them."""
+    global _cuda_compiled
     module = cpu_module()
-    if not module.build_info()["cuda_compiled"]:
+    if _cuda_compiled is None:  # read once: every CUDA kernel call asks
+        _cuda_compiled = bool(module.build_info()["cuda_compiled"])
+    if not _cuda_compiled:
         raise RuntimeError(
             "vision_kernels was built without CUDA kernels (no nvcc at build time, or VK_CUDA=OFF); "
             "rebuild with nvcc on PATH and VK_CUDA=ON to run ops on CUDA tensors"
@@ -83,13 +97,12 @@ def cuda_module() -> ModuleType:
 
 def emulation_module() -> ModuleType:
     """``_C_emu``: the CUDA kernels compiled for the host emulation harness."""
-    module = _load("_C_emu")
-    if module is None:
-        raise RuntimeError(
-            "vision_kernels._C_emu is not available: it is built when the CUDA toolkit headers "
-            f"are found at build time ({_import_errors.get('_C_emu')})"
-        )
-    return module
+    return _required(
+        "_C_emu",
+        RuntimeError,
+        "vision_kernels._C_emu is not available: it is built when the CUDA toolkit headers are found at build "
+        "time ({})",
+    )
 
 
 def emulation_available() -> bool:
@@ -99,8 +112,8 @@ def emulation_available() -> bool:
 
 def tensor_ref(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], int]:
     """The core's view of ``tensor``: (pointer, dtype code, shape, strides, device ordinal or -1)."""
-    device = -1 if tensor.device.type == "cpu" else int(tensor.device.index or 0)
-    return (tensor.data_ptr(), DTYPE_CODES[tensor.dtype], tuple(tensor.shape), tuple(tensor.stride()), device)
+    device = -1 if tensor.is_cpu else int(tensor.device.index or 0)
+    return (tensor.data_ptr(), DTYPE_CODES[tensor.dtype], tensor.shape, tensor.stride(), device)  # Size is a tuple
 
 
 _thread_setting = -1

@@ -33,3 +33,9 @@ struct RegisterBindings {
   static void vk_bind_##name(pybind11::module_& module);                                  \
   static const ::vk::RegisterBindings vk_register_##name(#name, &vk_bind_##name);        \
   static void vk_bind_##name(pybind11::module_& module)
+
+// VK_BIND_OP(module, namespace, name, doc): bind the native entry point namespace::name under its own
+// name, GIL released, arguments positional. The argument list is declared once, in the family's
+// <family>_ops.h, never restated here.
+#define VK_BIND_OP(module, ns, name, doc) \
+  (module).def(#name, &ns::name, ::pybind11::call_guard<::pybind11::gil_scoped_release>(), doc)

@@ -5,7 +5,7 @@
 // the kCols panel columns. Panels are visited in groups that fit in L2 so a group is reused by
 // every row block of the thread before the next group is read. Extra memory: the packed y
 // (M x D accumulation values) plus kRows x D per thread.
-#include "distance_cpu.h"
+#include "distance_ops.h"
 
 #include <algorithm>
 #include <type_traits>
@@ -118,7 +118,7 @@ void sq_l2_typed(const TensorRef& x_ref, const TensorRef& y_ref, const TensorRef
 
 }  // namespace
 
-void sq_l2_distance_cpu(const TensorRef& x, const TensorRef& y, const TensorRef& out) {
+void sq_l2_distance_cpu(VK_SQ_L2_DISTANCE_ARGS) {
   const ArgCheck check("vision_kernels.sq_l2_distance");
   check_sq_l2_arguments(check, x, y, out, kCpuDevice);
   VK_DISPATCH_FLOATING(x.dtype, check.function(), [&] { sq_l2_typed<scalar_t>(x, y, out); });

@@ -6,7 +6,7 @@
 #include "../common/cuda_utils.h"
 #include "../common/dtype.h"
 #include "distance.h"
-#include "distance_cuda.h"
+#include "distance_ops.h"
 
 namespace vk::distance {
 namespace {
@@ -77,7 +77,7 @@ void launch_sq_l2(const TensorRef& x, const TensorRef& y, const TensorRef& out, 
 
 }  // namespace
 
-void sq_l2_distance_cuda(const TensorRef& x, const TensorRef& y, const TensorRef& out, std::uintptr_t stream) {
+void sq_l2_distance_cuda(VK_SQ_L2_DISTANCE_ARGS, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.sq_l2_distance");
   check_sq_l2_arguments(check, x, y, out, x.device);
   VK_DISPATCH_FLOATING(x.dtype, check.function(), [&] { launch_sq_l2<scalar_t>(x, y, out, as_stream(stream)); });

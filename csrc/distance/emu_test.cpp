@@ -1,7 +1,6 @@
 // Emulated CUDA sq_l2_distance against the CPU kernel (run under the sanitizers by vk_emu_tests).
 #include "../common/emu_test.h"
-#include "distance_cpu.h"
-#include "distance_cuda.h"
+#include "distance_ops.h"
 
 namespace {
 

@@ -1,24 +1,11 @@
-#include <pybind11/pybind11.h>
-
 #include "../common/pybind_tensor.h"
 #include "../common/registry.h"
-#include "pca_project_cpu.h"
+#include "pca_project_ops.h"
 
-namespace py = pybind11;
-
+// Arguments: see pca_project_ops.h; callers: vision_kernels/ops/pca_project.py.
 VK_REGISTER_BINDINGS(pca_project_cpu) {
-  module.def("pca_project_fused_cpu", &vk::pca::pca_project_fused_cpu, py::arg("x"), py::arg("shift"),
-             py::arg("scale"), py::arg("basis"), py::arg("out"), py::call_guard<py::gil_scoped_release>(),
-             "out = ((x - shift) * scale) @ basis for at most 16 rows, one pass over the basis "
-             "(see vision_kernels.ops.pca_project).");
-  module.def("pca_reconstruct_fused_cpu", &vk::pca::pca_reconstruct_fused_cpu, py::arg("coeffs"), py::arg("basis"),
-             py::arg("scale"), py::arg("shift"), py::arg("out"), py::call_guard<py::gil_scoped_release>(),
-             "out = (coeffs @ basis^T) * scale + shift for at most 16 rows, one pass over the basis "
-             "(see vision_kernels.ops.pca_reconstruct).");
-  module.def("pca_standardize_cpu", &vk::pca::pca_standardize_cpu, py::arg("x"), py::arg("shift"), py::arg("scale"),
-             py::arg("out"), py::call_guard<py::gil_scoped_release>(),
-             "out = (x - shift) * scale in the accumulation dtype (blocked path of pca_project).");
-  module.def("pca_destandardize_cpu", &vk::pca::pca_destandardize_cpu, py::arg("accumulated"), py::arg("scale"),
-             py::arg("shift"), py::arg("out"), py::call_guard<py::gil_scoped_release>(),
-             "out = store(accumulated * scale + shift) (blocked path of pca_reconstruct; out may alias).");
+  VK_BIND_OP(module, vk::pca, pca_project_fused_cpu, "out = ((x - shift) * scale) @ basis, at most 16 rows.");
+  VK_BIND_OP(module, vk::pca, pca_reconstruct_fused_cpu, "out = (coeffs @ basis^T) * scale + shift, at most 16 rows.");
+  VK_BIND_OP(module, vk::pca, pca_standardize_cpu, "out = (x - shift) * scale in the accumulation dtype.");
+  VK_BIND_OP(module, vk::pca, pca_destandardize_cpu, "out = store(accumulated * scale + shift); out may alias.");
 }

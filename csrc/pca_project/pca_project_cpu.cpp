@@ -7,7 +7,7 @@
 // basis row is converted once and dotted with the B coefficient rows (16 independent lanes, so
 // it vectorizes), then scaled, shifted and stored. Both read the basis exactly once in its
 // storage dtype. Standardize / destandardize are row-chunked element-wise loops.
-#include "pca_project_cpu.h"
+#include "pca_project_ops.h"
 
 #include <algorithm>
 #include <cstring>
@@ -284,8 +284,7 @@ void affine_rows(const TensorRef& in_ref, const TensorRef& shift_ref, const Tens
 
 }  // namespace
 
-void pca_project_fused_cpu(const TensorRef& x, const TensorRef& shift, const TensorRef& scale,
-                           const TensorRef& basis, const TensorRef& out) {
+void pca_project_fused_cpu(VK_PCA_PROJECT_FUSED_ARGS) {
   const ArgCheck check("vision_kernels.pca_project");
   check_project_arguments(check, x, shift, scale, basis, out, kCpuDevice);
   VK_DISPATCH_FLOATING(basis.dtype, check.function(), [&] {
@@ -298,8 +297,7 @@ void pca_project_fused_cpu(const TensorRef& x, const TensorRef& shift, const Ten
   });
 }
 
-void pca_reconstruct_fused_cpu(const TensorRef& coeffs, const TensorRef& basis, const TensorRef& scale,
-                               const TensorRef& shift, const TensorRef& out) {
+void pca_reconstruct_fused_cpu(VK_PCA_RECONSTRUCT_FUSED_ARGS) {
   const ArgCheck check("vision_kernels.pca_reconstruct");
   check_reconstruct_arguments(check, coeffs, basis, scale, shift, out, kCpuDevice);
   VK_DISPATCH_FLOATING(basis.dtype, check.function(), [&] {
@@ -312,7 +310,7 @@ void pca_reconstruct_fused_cpu(const TensorRef& coeffs, const TensorRef& basis, 
   });
 }
 
-void pca_standardize_cpu(const TensorRef& x, const TensorRef& shift, const TensorRef& scale, const TensorRef& out) {
+void pca_standardize_cpu(VK_PCA_STANDARDIZE_ARGS) {
   const ArgCheck check("vision_kernels.pca_standardize");
   check_standardize_arguments(check, x, shift, scale, out, kCpuDevice);
   VK_DISPATCH_FLOATING(x.dtype, check.function(), [&] {
@@ -321,8 +319,7 @@ void pca_standardize_cpu(const TensorRef& x, const TensorRef& shift, const Tenso
   });
 }
 
-void pca_destandardize_cpu(const TensorRef& accumulated, const TensorRef& scale, const TensorRef& shift,
-                           const TensorRef& out) {
+void pca_destandardize_cpu(VK_PCA_DESTANDARDIZE_ARGS) {
   const ArgCheck check("vision_kernels.pca_destandardize");
   check_destandardize_arguments(check, accumulated, scale, shift, out, kCpuDevice);
   VK_DISPATCH_FLOATING(out.dtype, check.function(), [&] {

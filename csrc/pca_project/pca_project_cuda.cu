@@ -13,7 +13,7 @@
 #include "../common/cuda_utils.h"
 #include "../common/dtype.h"
 #include "pca_project.h"
-#include "pca_project_cuda.h"
+#include "pca_project_ops.h"
 
 // nvcc's unroll hint; the host compiler of the emulated build does not know the pragma.
 #if defined(__CUDACC__)
@@ -184,9 +184,7 @@ void launch_reconstruct(const TensorRef& coeffs, const TensorRef& basis, const T
 
 }  // namespace
 
-void pca_project_fused_cuda(const TensorRef& x, const TensorRef& shift, const TensorRef& scale,
-                            const TensorRef& basis, const TensorRef& partial, const TensorRef& out,
-                            std::uintptr_t stream) {
+void pca_project_fused_cuda(VK_PCA_PROJECT_FUSED_ARGS, const TensorRef& partial, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.pca_project");
   check_project_arguments(check, x, shift, scale, basis, out, x.device);
   check.rank(partial, "partial", 3, "[S, B, K]");
@@ -210,8 +208,7 @@ void pca_project_fused_cuda(const TensorRef& x, const TensorRef& shift, const Te
   check_launch(check.function().c_str());
 }
 
-void pca_reconstruct_fused_cuda(const TensorRef& coeffs, const TensorRef& basis, const TensorRef& scale,
-                                const TensorRef& shift, const TensorRef& out, std::uintptr_t stream) {
+void pca_reconstruct_fused_cuda(VK_PCA_RECONSTRUCT_FUSED_ARGS, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.pca_reconstruct");
   check_reconstruct_arguments(check, coeffs, basis, scale, shift, out, basis.device);
   VK_DISPATCH_FLOATING(basis.dtype, check.function(), [&] {
@@ -225,8 +222,7 @@ void pca_reconstruct_fused_cuda(const TensorRef& coeffs, const TensorRef& basis,
   check_launch(check.function().c_str());
 }
 
-void pca_standardize_cuda(const TensorRef& x, const TensorRef& shift, const TensorRef& scale, const TensorRef& out,
-                          std::uintptr_t stream) {
+void pca_standardize_cuda(VK_PCA_STANDARDIZE_ARGS, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.pca_standardize");
   check_standardize_arguments(check, x, shift, scale, out, x.device);
   VK_DISPATCH_FLOATING(x.dtype, check.function(), [&] {
@@ -241,8 +237,7 @@ void pca_standardize_cuda(const TensorRef& x, const TensorRef& shift, const Tens
   check_launch(check.function().c_str());
 }
 
-void pca_destandardize_cuda(const TensorRef& accumulated, const TensorRef& scale, const TensorRef& shift,
-                            const TensorRef& out, std::uintptr_t stream) {
+void pca_destandardize_cuda(VK_PCA_DESTANDARDIZE_ARGS, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.pca_destandardize");
   check_destandardize_arguments(check, accumulated, scale, shift, out, accumulated.device);
   VK_DISPATCH_FLOATING(out.dtype, check.function(), [&] {

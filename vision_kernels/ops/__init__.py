@@ -14,7 +14,7 @@ from .cc_conv import cc_conv2d
 from .cc_conv_grid import cc_conv2d_grid
 from .distance import sq_l2_distance
 from .patch_nn import PatchNNResult, patch_match, patch_nn, patch_vote, valid_patch_mask
-from .pca import pca_project, pca_reconstruct
+from .pca_project import pca_project, pca_reconstruct
 from .second_order import second_order_effects
 
 __all__ = [

@@ -23,6 +23,8 @@ from typing import NoReturn
 
 import torch
 
+from .. import _native
+
 FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 _DTYPE_NAMES = {
@@ -176,6 +178,9 @@ class ArgCheck:
         """Raise if ``t`` holds NaN or Inf, naming the first bad position and value."""
         if t.numel() == 0 or not t.is_floating_point():
             return
+        if type(t) is torch.Tensor and t.is_cpu and t.dtype in FLOATING:
+            if _native.cpu_module().all_finite(_native.tensor_ref(t)):  # one native pass, no temporaries
+                return
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
             position = tuple(int(i) for i in bad.nonzero()[0].tolist())

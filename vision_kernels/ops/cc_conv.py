@@ -33,10 +33,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .. import _native
 from ._checks import ArgCheck, shape_string
+from ._declare import Backend, Native, Target, declare
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda, register_fake
 from .cc_conv_grid import (
     PADDING_MODES,
     AxisPlan,
@@ -111,59 +110,41 @@ def _check_forward(
     return rows, cols
 
 
-def _plan_refs(plan: AxisPlan, device: torch.device) -> list[tuple]:
-    return [_native.tensor_ref(t) for t in plan.tensors(device)]
-
-
 def _none(input: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """A 0-element tensor: "no bias" / "no pairs" for the native calls."""
     return torch.empty((0,), dtype=dtype or input.dtype, device=input.device)
 
 
-def _gather_gemm(call, input, weight, bias, rows, cols, out, *stream):  # type: ignore[no-untyped-def]
-    """Run the native gather-GEMM ``call`` (CPU or CUDA entry point) into ``out``.
+def _plans(rows: AxisPlan, cols: AxisPlan, device: torch.device) -> tuple[Tensor, ...]:
+    """The row then column plan tables ``(taps, group, order, offsets)`` on ``device`` (cached per device)."""
+    return (*rows.tensors(device), *cols.tensors(device))
+
+
+def _gather_gemm(
+    target: Target, input: Tensor, weight: Tensor, bias: Tensor | None, rows: AxisPlan, cols: AxisPlan, out: Tensor
+) -> Native[Tensor]:
+    """``out`` and the native arguments of ``cc_conv_gather_gemm`` (csrc/cc_conv/cc_conv_cpu.h).
 
     Forward plans have no pairs (the weight is read as it is); input-gradient plans carry the (phase, tap)
-    pairs through which the forward weight is read. Temporaries stay referenced until the call returns.
+    pairs through which the forward weight is read. The fake kernel needs no tables (they are cached per
+    device, so never built from fake tensors).
     """
-    bias = bias if bias is not None else _none(input)
+    if not target.real:
+        return Native(out)
     row_pairs, col_pairs = (plan.pairs_on(input.device) for plan in (rows, cols))
     if row_pairs is None or col_pairs is None:
         row_pairs = col_pairs = _none(input, torch.int64)
-    ref = _native.tensor_ref
-    call(
-        ref(input),
-        ref(weight),
-        ref(bias),
-        ref(row_pairs),
-        ref(col_pairs),
-        *_plan_refs(rows, input.device),
-        *_plan_refs(cols, input.device),
-        ref(out),
-        *stream,
-    )
-    return out
+    bias = bias if bias is not None else _none(input)
+    args = (input, weight, bias, row_pairs, col_pairs, *_plans(rows, cols, input.device), out)
+    return Native(out, args=args)
 
 
 # ---------------------------------------------------------------- forward op
 
 
-def _prepare(input, weight, bias, out_size, scale, padding_mode, check_finite):  # type: ignore[no-untyped-def]
-    rows, cols = _check_forward(input, weight, bias, out_size, scale, padding_mode)
-    if check_finite:
-        check = ArgCheck(FUNCTION)
-        check.finite(input, "input")
-        check.finite(weight, "weight")
-        if bias is not None:
-            check.finite(bias, "bias")
-    shape = (input.shape[0], weight.shape[2], int(out_size[0]), int(out_size[1]))
-    ArgCheck(FUNCTION).allocation(shape, input.dtype, input.device, "size")
-    out = input.new_empty((input.shape[0], weight.shape[2], int(out_size[0]), int(out_size[1])))
-    return rows, cols, out
-
-
-@torch.library.custom_op("vision_kernels::cc_conv2d", mutates_args=(), device_types="cpu")
+@declare("vision_kernels::cc_conv2d", native="cc_conv_gather_gemm")
 def _cc_conv2d_op(
+    target: Target,
     input: Tensor,
     weight: Tensor,
     bias: Tensor | None,
@@ -171,23 +152,19 @@ def _cc_conv2d_op(
     scale: list[float],
     padding_mode: str,
     check_finite: bool,
-) -> Tensor:
-    rows, cols, out = _prepare(input, weight, bias, out_size, scale, padding_mode, check_finite)
-    return _gather_gemm(cpu_native().cc_conv_gather_gemm_cpu, input, weight, bias, rows, cols, out)
-
-
-def _launch_forward_cuda(native, stream, input, weight, bias, out_size, scale, padding_mode, check_finite):  # type: ignore[no-untyped-def]
-    rows, cols, out = _prepare(input, weight, bias, out_size, scale, padding_mode, check_finite)
-    return _gather_gemm(native.cc_conv_gather_gemm_cuda, input, weight, bias, rows, cols, out, stream)
-
-
-register_cuda(_cc_conv2d_op, _launch_forward_cuda)
-
-
-@register_fake(_cc_conv2d_op)
-def _(input, weight, bias, out_size, scale, padding_mode, check_finite):  # type: ignore[no-untyped-def]
-    _check_forward(input, weight, bias, out_size, scale, padding_mode)
-    return input.new_empty((input.shape[0], weight.shape[2], int(out_size[0]), int(out_size[1])))
+) -> Native[Tensor]:
+    rows, cols = _check_forward(input, weight, bias, out_size, scale, padding_mode)
+    check = ArgCheck(FUNCTION)
+    if check_finite and target.real:
+        check.finite(input, "input")
+        check.finite(weight, "weight")
+        if bias is not None:
+            check.finite(bias, "bias")
+    shape = (input.shape[0], weight.shape[2], int(out_size[0]), int(out_size[1]))
+    if target.real:
+        check.allocation(shape, input.dtype, input.device, "size")
+    out = input.new_empty(shape)  # [B, O, Hout, Wout]
+    return _gather_gemm(target, input, weight, bias, rows, cols, out)
 
 
 # ---------------------------------------------------------------- gradient ops
@@ -200,7 +177,10 @@ def _check_grad(check: ArgCheck, grad: Tensor, other: Tensor, other_name: str) -
     check.same_device(grad, "grad", other, other_name)
 
 
-def _grad_input_prepare(grad, weight, in_size, scale, padding_mode):  # type: ignore[no-untyped-def]
+@declare("vision_kernels::cc_conv2d_grad_input", native="cc_conv_gather_gemm")
+def _grad_input_op(
+    target: Target, grad: Tensor, weight: Tensor, in_size: list[int], scale: list[float], padding_mode: str
+) -> Native[Tensor]:
     check = ArgCheck(GRAD_INPUT)
     _check_grad(check, grad, weight, "weight")
     check.rank(weight, "weight", 6, "[Py, Px, O, C, Kh, Kw]")
@@ -216,30 +196,30 @@ def _grad_input_prepare(grad, weight, in_size, scale, padding_mode):  # type: ig
                 "weight", f"must have {phases} phases in dimension {axis}, got shape {shape_string(weight.shape)}"
             )
         plans.append(input_grad_plan(int(n_in), n_out, float(s), k, padding_mode))
-    out = grad.new_empty((grad.shape[0], weight.shape[3], int(in_size[0]), int(in_size[1])))
-    return plans[0], plans[1], out
+    out = grad.new_empty((grad.shape[0], weight.shape[3], int(in_size[0]), int(in_size[1])))  # [B, C, H, W]
+    return _gather_gemm(target, grad, weight, None, plans[0], plans[1], out)
 
 
-@torch.library.custom_op("vision_kernels::cc_conv2d_grad_input", mutates_args=(), device_types="cpu")
-def _grad_input_op(grad: Tensor, weight: Tensor, in_size: list[int], scale: list[float], padding_mode: str) -> Tensor:
-    rows, cols, out = _grad_input_prepare(grad, weight, in_size, scale, padding_mode)
-    return _gather_gemm(cpu_native().cc_conv_gather_gemm_cpu, grad, weight, None, rows, cols, out)
+def _weight_grad(backend: Backend, grad: Tensor, input: Tensor, rows: AxisPlan, cols: AxisPlan, shape: tuple) -> Tensor:
+    """``cc_conv_weight_grad``: the CPU kernel writes the result; the CUDA kernel writes partial sums over S
+    consecutive ranges of each group's (batch, pixel) pairs into its workspace, added up here."""
+    plans = _plans(rows, cols, input.device)
+    if not backend.cuda_source:
+        out = input.new_empty(shape)
+        backend.call("cc_conv_weight_grad", grad, input, *plans, out)
+        return out
+    largest = int((rows.offsets.diff().max() * cols.offsets.diff().max()).item()) * int(input.shape[0])
+    splits = max(1, min(32, largest // 4096))
+    accumulate = torch.float64 if input.dtype == torch.float64 else torch.float32
+    partial = torch.empty((splits, *shape), dtype=accumulate, device=input.device)
+    backend.call("cc_conv_weight_grad", grad, input, *plans, workspace=(partial,))
+    return partial.sum(0).to(input.dtype)
 
 
-def _launch_grad_input_cuda(native, stream, grad, weight, in_size, scale, padding_mode):  # type: ignore[no-untyped-def]
-    rows, cols, out = _grad_input_prepare(grad, weight, in_size, scale, padding_mode)
-    return _gather_gemm(native.cc_conv_gather_gemm_cuda, grad, weight, None, rows, cols, out, stream)
-
-
-register_cuda(_grad_input_op, _launch_grad_input_cuda)
-
-
-@register_fake(_grad_input_op)
-def _(grad, weight, in_size, scale, padding_mode):  # type: ignore[no-untyped-def]
-    return _grad_input_prepare(grad, weight, in_size, scale, padding_mode)[2]
-
-
-def _grad_weight_prepare(grad, input, support, scale, padding_mode):  # type: ignore[no-untyped-def]
+@declare("vision_kernels::cc_conv2d_grad_weight")
+def _grad_weight_op(
+    target: Target, grad: Tensor, input: Tensor, support: list[int], scale: list[float], padding_mode: str
+) -> Native[Tensor]:
     check = ArgCheck(GRAD_WEIGHT)
     _check_grad(check, grad, input, "input")
     _check_input(check, input)
@@ -248,40 +228,7 @@ def _grad_weight_prepare(grad, input, support, scale, padding_mode):  # type: ig
     rows = forward_plan(int(input.shape[2]), int(grad.shape[2]), float(scale[0]), int(support[0]), padding_mode)
     cols = forward_plan(int(input.shape[3]), int(grad.shape[3]), float(scale[1]), int(support[1]), padding_mode)
     shape = (rows.groups, cols.groups, grad.shape[1], input.shape[1], int(support[0]), int(support[1]))
-    return rows, cols, shape
-
-
-@torch.library.custom_op("vision_kernels::cc_conv2d_grad_weight", mutates_args=(), device_types="cpu")
-def _grad_weight_op(grad: Tensor, input: Tensor, support: list[int], scale: list[float], padding_mode: str) -> Tensor:
-    rows, cols, shape = _grad_weight_prepare(grad, input, support, scale, padding_mode)
-    out = input.new_empty(shape)
-    ref = _native.tensor_ref
-    cpu_native().cc_conv_weight_grad_cpu(
-        ref(grad), ref(input), *_plan_refs(rows, input.device), *_plan_refs(cols, input.device), ref(out)
-    )
-    return out
-
-
-def _launch_grad_weight_cuda(native, stream, grad, input, support, scale, padding_mode):  # type: ignore[no-untyped-def]
-    rows, cols, shape = _grad_weight_prepare(grad, input, support, scale, padding_mode)
-    # Partial sums over S consecutive ranges of each group's (batch, pixel) pairs, added up here.
-    largest = int((rows.offsets.diff().max() * cols.offsets.diff().max()).item()) * int(input.shape[0])
-    splits = max(1, min(32, largest // 4096))
-    accumulate = torch.float64 if input.dtype == torch.float64 else torch.float32
-    partial = torch.empty((splits, *shape), dtype=accumulate, device=input.device)
-    ref = _native.tensor_ref
-    native.cc_conv_weight_grad_cuda(
-        ref(grad), ref(input), *_plan_refs(rows, input.device), *_plan_refs(cols, input.device), ref(partial), stream
-    )
-    return partial.sum(0).to(input.dtype)
-
-
-register_cuda(_grad_weight_op, _launch_grad_weight_cuda)
-
-
-@register_fake(_grad_weight_op)
-def _(grad, input, support, scale, padding_mode):  # type: ignore[no-untyped-def]
-    return input.new_empty(_grad_weight_prepare(grad, input, support, scale, padding_mode)[2])
+    return Native(input.new_empty(shape), run=lambda backend: _weight_grad(backend, grad, input, rows, cols, shape))
 
 
 # ---------------------------------------------------------------- autograd
@@ -299,10 +246,10 @@ def _backward(ctx, grad: Tensor):  # type: ignore[no-untyped-def]
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
         in_size = [int(input.shape[2]), int(input.shape[3])]
-        grad_input = torch.ops.vision_kernels.cc_conv2d_grad_input(grad, weight, in_size, scale, padding_mode)
+        grad_input = _grad_input_op(grad, weight, in_size, scale, padding_mode)
     if ctx.needs_input_grad[1]:
         support = [int(weight.shape[4]), int(weight.shape[5])]
-        grad_weight = torch.ops.vision_kernels.cc_conv2d_grad_weight(grad, input, support, scale, padding_mode)
+        grad_weight = _grad_weight_op(grad, input, support, scale, padding_mode)
     if ctx.needs_input_grad[2]:
         grad_bias = grad.sum((0, 2, 3))
     return grad_input, grad_weight, grad_bias, None, None, None, None
@@ -365,6 +312,4 @@ def cc_conv2d(
         check.tensor(bias, "bias")
     check.rank(input, "input", 4, "[B, C, H, W]")
     out_size, scales = resolve_output((int(input.shape[2]), int(input.shape[3])), size, scale, function=FUNCTION)
-    return torch.ops.vision_kernels.cc_conv2d(
-        input, weight, bias, list(out_size), list(scales), padding_mode, check_finite
-    )
+    return _cc_conv2d_op(input, weight, bias, list(out_size), list(scales), padding_mode, check_finite)

@@ -11,62 +11,32 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from .. import _native
 from ._checks import ArgCheck
+from ._declare import Native, Target, declare
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = ["sq_l2_distance"]
 
 FUNCTION = "vision_kernels.sq_l2_distance"
 
 
-def _check_arguments(x: Tensor, y: Tensor) -> None:
+@declare("vision_kernels::sq_l2_distance")
+def _sq_l2_distance_op(target: Target, x: Tensor, y: Tensor, check_finite: bool) -> Native[Tensor]:
+    """Check the inputs and allocate the output [N, M]; native arguments ``(x, y, out)``."""
     check = ArgCheck(FUNCTION)
     check.rank(x, "x", 2, "[N, D]")
     check.rank(y, "y", 2, "[M, D]")
     check.floating(x, "x")
     check.same_dtype(x, "x", y, "y")
-    check.same_device(x, "x", y, "y")
     check.size(y, "y", 1, x.shape[1], "D, the feature size of x")
     check.at_least(x, "x", 1, 1, "D, the feature size")
-
-
-def _prepare(x: Tensor, y: Tensor, check_finite: bool) -> Tensor:
-    """Check the inputs and allocate the output [N, M]."""
-    _check_arguments(x, y)
-    if check_finite:
-        check = ArgCheck(FUNCTION)
+    if check_finite and target.real:
         check.finite(x, "x")
         check.finite(y, "y")
-    return x.new_empty((x.shape[0], y.shape[0]))
-
-
-@torch.library.custom_op("vision_kernels::sq_l2_distance", mutates_args=(), device_types="cpu")
-def _sq_l2_distance_op(x: Tensor, y: Tensor, check_finite: bool) -> Tensor:
-    out = _prepare(x, y, check_finite)  # [N, M]
-    ref = _native.tensor_ref
-    cpu_native().sq_l2_distance_cpu(ref(x), ref(y), ref(out))
-    return out
-
-
-def _launch_cuda(native: object, stream: int, x: Tensor, y: Tensor, check_finite: bool) -> Tensor:
-    out = _prepare(x, y, check_finite)  # [N, M]
-    ref = _native.tensor_ref
-    native.sq_l2_distance_cuda(ref(x), ref(y), ref(out), stream)  # type: ignore[attr-defined]
-    return out
-
-
-register_cuda(_sq_l2_distance_op, _launch_cuda)
-
-
-@register_fake(_sq_l2_distance_op)
-def _(x: Tensor, y: Tensor, check_finite: bool) -> Tensor:
-    _check_arguments(x, y)
-    return x.new_empty((x.shape[0], y.shape[0]))
+    out = x.new_empty((x.shape[0], y.shape[0]))  # [N, M]
+    return Native(out, args=(x, y, out))
 
 
 def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, bool], output: Tensor) -> None:
@@ -107,4 +77,4 @@ def sq_l2_distance(x: Tensor, y: Tensor, *, check_finite: bool = True) -> Tensor
     check = ArgCheck(FUNCTION)
     check.tensor(x, "x")
     check.tensor(y, "y")
-    return torch.ops.vision_kernels.sq_l2_distance(x, y, check_finite)
+    return _sq_l2_distance_op(x, y, check_finite)

@@ -1,4 +1,4 @@
-"""Plain-PyTorch ground truth for vision_kernels.ops.pca (weight-space PCA, weights2weights).
+"""Plain-PyTorch ground truth for vision_kernels.ops.pca_project (weight-space PCA, weights2weights).
 
     project:      c = ((w - mu) / sigma) @ V          w: [B, D], V: [D, K] -> c: [B, K]
     reconstruct:  w = (c @ V^T) * sigma + mu          c: [B, K]            -> w: [B, D]

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .._progress import progress
-from ..ops.pca import standardize_block
+from ..ops.pca_project import standardize_block
 from ..runs import distributed
 from .layout import LoraLayout
 from .space import WeightSpace

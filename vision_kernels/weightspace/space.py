@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .._files import atomic_path
 from ..ops._checks import ArgCheck
-from ..ops.pca import pca_project, pca_reconstruct
+from ..ops.pca_project import pca_project, pca_reconstruct
 from .adapters import LoraAdapter, read_adapter, write_adapter
 from .layout import LoraLayout
 

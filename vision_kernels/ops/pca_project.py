@@ -31,16 +31,14 @@ Where the work goes (a deliberate split, docs/DESIGN.md section 1):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .. import _native
 from ._checks import FLOATING, ArgCheck, dtype_name
+from ._declare import Backend, Native, Target, declare
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = ["pca_project", "pca_reconstruct", "FUSED_MAX_ROWS"]
 
@@ -138,49 +136,15 @@ def _check_values(function: str, std: Tensor, named: dict[str, Tensor | None], c
                 check.finite(t, name)
 
 
-# ---------------------------------------------------------------- device backends
+# ---------------------------------------------------------------- native calls (csrc/pca_project/pca_project_ops.h)
 
 
-@dataclass
-class _Backend:
-    """The four native entry points of one device (CPU, CUDA, or CUDA emulated on the host)."""
-
-    native: Any
-    stream: int | None  # None: the CPU kernels
-
-    def project_fused(self, x: Tensor, shift: Tensor, scale: Tensor, basis: Tensor, out: Tensor) -> None:
-        ref = _native.tensor_ref
-        if self.stream is None:
-            self.native.pca_project_fused_cpu(ref(x), ref(shift), ref(scale), ref(basis), ref(out))
-            return
+def _project_fused(backend: Backend, x: Tensor, shift: Tensor, scale: Tensor, basis: Tensor, out: Tensor) -> None:
+    workspace: tuple[Tensor, ...] = ()
+    if backend.cuda_source:  # [S, B, K] partial sums over S chunks of D, added in order by the kernel
         chunks = max(1, min(128, -(-x.shape[1] // 512)))
-        partial = out.new_empty((chunks, out.shape[0], out.shape[1]))  # [S, B, K]
-        self.native.pca_project_fused_cuda(
-            ref(x), ref(shift), ref(scale), ref(basis), ref(partial), ref(out), self.stream
-        )
-
-    def reconstruct_fused(self, coeffs: Tensor, basis: Tensor, scale: Tensor, shift: Tensor, out: Tensor) -> None:
-        ref = _native.tensor_ref
-        if self.stream is None:
-            self.native.pca_reconstruct_fused_cpu(ref(coeffs), ref(basis), ref(scale), ref(shift), ref(out))
-        else:
-            self.native.pca_reconstruct_fused_cuda(
-                ref(coeffs), ref(basis), ref(scale), ref(shift), ref(out), self.stream
-            )
-
-    def standardize(self, x: Tensor, shift: Tensor, scale: Tensor, out: Tensor) -> None:
-        ref = _native.tensor_ref
-        if self.stream is None:
-            self.native.pca_standardize_cpu(ref(x), ref(shift), ref(scale), ref(out))
-        else:
-            self.native.pca_standardize_cuda(ref(x), ref(shift), ref(scale), ref(out), self.stream)
-
-    def destandardize(self, accumulated: Tensor, scale: Tensor, shift: Tensor, out: Tensor) -> None:
-        ref = _native.tensor_ref
-        if self.stream is None:
-            self.native.pca_destandardize_cpu(ref(accumulated), ref(scale), ref(shift), ref(out))
-        else:
-            self.native.pca_destandardize_cuda(ref(accumulated), ref(scale), ref(shift), ref(out), self.stream)
+        workspace = (out.new_empty((chunks, out.shape[0], out.shape[1])),)
+    backend.call("pca_project_fused", x, shift, scale, basis, out, workspace=workspace)
 
 
 def _column_major(basis: Tensor) -> bool:
@@ -208,11 +172,7 @@ def _prepare_vectors(mean: Tensor | None, std: Tensor, accumulate: torch.dtype, 
 # ---------------------------------------------------------------- implementations
 
 
-def _project(
-    backend: _Backend, w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, check_finite: bool
-) -> Tensor:
-    _check_project(w, mean, std, basis)
-    _check_values(PROJECT, std, {"w": w, "mean": mean, "basis": basis}, check_finite)
+def _project(backend: Backend, w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor) -> Tensor:
     accumulate = accumulation_dtype(basis.dtype)
     rows, dims = w.shape
     components = basis.shape[1]
@@ -224,11 +184,11 @@ def _project(
         if _column_major(basis):
             # c[b, k] = sum_d z[b, d] V^T[k, d]: the reconstruct kernel's dot products over rows of V^T.
             z = w.new_empty((rows, dims), dtype=accumulate)  # [B, D], small
-            backend.standardize(w, shift, scale, z)
+            backend.call("pca_standardize", w, shift, scale, z)
             ones = scale.new_ones(components)
-            backend.reconstruct_fused(z, basis.T, ones, shift.new_empty((0,)), out)
+            backend.call("pca_reconstruct_fused", z, basis.T, ones, shift.new_empty((0,)), out)
         else:
-            backend.project_fused(w, shift, scale, basis, out)
+            _project_fused(backend, w, shift, scale, basis, out)
         return out
     # Blocked: standardize a [rows, columns] block of w natively, then one GEMM per block.
     row_block = min(rows, max(FUSED_MAX_ROWS, BLOCK_ELEMENTS // _MIN_BLOCK_COLUMNS))
@@ -239,22 +199,14 @@ def _project(
         for d0 in range(0, dims, columns):
             d1 = min(dims, d0 + columns)
             z = block[:, : d1 - d0]
-            backend.standardize(w[r0:r1, d0:d1], _shift_slice(shift, d0, d1), scale[d0:d1], z)
+            backend.call("pca_standardize", w[r0:r1, d0:d1], _shift_slice(shift, d0, d1), scale[d0:d1], z)
             out[r0:r1].addmm_(z, basis[d0:d1].to(accumulate))  # [b, K] += [b, c] @ [c, K]
     return out
 
 
 def _reconstruct(
-    backend: _Backend,
-    coeffs: Tensor,
-    mean: Tensor | None,
-    std: Tensor,
-    basis: Tensor,
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
+    backend: Backend, coeffs: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, out_dtype: torch.dtype | None
 ) -> Tensor:
-    _check_reconstruct(coeffs, mean, std, basis, out_dtype)
-    _check_values(RECONSTRUCT, std, {"coeffs": coeffs, "mean": mean, "basis": basis}, check_finite)
     accumulate = accumulation_dtype(basis.dtype)
     target = out_dtype or basis.dtype
     native_dtype = target if target in (basis.dtype, accumulate) else accumulate
@@ -270,48 +222,35 @@ def _reconstruct(
     elif rows <= FUSED_MAX_ROWS and _column_major(basis):
         # c @ V^T accumulates rows of V^T: the project kernel's pass, then the epilogue kernel.
         accumulated = c.new_empty((rows, dims))  # [B, D], small
-        backend.project_fused(c, shift.new_empty((0,)), c.new_ones(basis.shape[1]), basis.T, accumulated)
-        backend.destandardize(accumulated, scale, shift, out)
+        _project_fused(backend, c, shift.new_empty((0,)), c.new_ones(basis.shape[1]), basis.T, accumulated)
+        backend.call("pca_destandardize", accumulated, scale, shift, out)
     elif rows <= FUSED_MAX_ROWS:
-        backend.reconstruct_fused(c, basis, scale, shift, out)
+        backend.call("pca_reconstruct_fused", c, basis, scale, shift, out)
     elif native_dtype == accumulate and basis.dtype == accumulate:
         # GEMM straight into the result, then the epilogue in place.
         torch.mm(c, basis.T, out=out)
-        backend.destandardize(out, scale, shift, out)
+        backend.call("pca_destandardize", out, scale, shift, out)
     else:
         columns = _columns_per_block(rows, dims)
         for d0 in range(0, dims, columns):
             d1 = min(dims, d0 + columns)
             accumulated = c @ basis[d0:d1].to(accumulate).T  # [B, c]
-            backend.destandardize(accumulated, scale[d0:d1], _shift_slice(shift, d0, d1), out[:, d0:d1])
+            backend.call("pca_destandardize", accumulated, scale[d0:d1], _shift_slice(shift, d0, d1), out[:, d0:d1])
     return out if native_dtype == target else out.to(target)
-
-
-def _cpu_backend() -> _Backend:
-    return _Backend(cpu_native(), None)
 
 
 # ---------------------------------------------------------------- pca_project op
 
 
-@torch.library.custom_op("vision_kernels::pca_project", mutates_args=(), device_types="cpu")
-def _pca_project_op(w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, check_finite: bool) -> Tensor:
-    return _project(_cpu_backend(), w, mean, std, basis, check_finite)
-
-
-def _launch_project(
-    native: object, stream: int, w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, check_finite: bool
-) -> Tensor:
-    return _project(_Backend(native, stream), w, mean, std, basis, check_finite)
-
-
-register_cuda(_pca_project_op, _launch_project)
-
-
-@register_fake(_pca_project_op)
-def _(w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, check_finite: bool) -> Tensor:
+@declare("vision_kernels::pca_project")
+def _pca_project_op(
+    target: Target, w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, check_finite: bool
+) -> Native[Tensor]:
     _check_project(w, mean, std, basis)
-    return w.new_empty((w.shape[0], basis.shape[1]), dtype=accumulation_dtype(basis.dtype))
+    if target.real:
+        _check_values(PROJECT, std, {"w": w, "mean": mean, "basis": basis}, check_finite)
+    out = w.new_empty((w.shape[0], basis.shape[1]), dtype=accumulation_dtype(basis.dtype))  # [B, K]
+    return Native(out, run=lambda backend: _project(backend, w, mean, std, basis))
 
 
 def _project_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -328,9 +267,7 @@ def _project_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     grad_w_acc = None
     if any(ctx.needs_input_grad[:3]):
         # dL/dw = (grad @ V^T) / std
-        grad_w_acc = torch.ops.vision_kernels.pca_reconstruct(
-            grad.to(accumulate), None, inverse_std, basis, accumulate, False
-        )  # [B, D]
+        grad_w_acc = _pca_reconstruct_op(grad.to(accumulate), None, inverse_std, basis, accumulate, False)  # [B, D]
     grad_w = grad_mean = grad_std = grad_basis = None
     if ctx.needs_input_grad[0]:
         assert grad_w_acc is not None  # computed above whenever w, mean or std needs a gradient
@@ -354,35 +291,21 @@ _pca_project_op.register_autograd(_project_backward, setup_context=_project_setu
 # ---------------------------------------------------------------- pca_reconstruct op
 
 
-@torch.library.custom_op("vision_kernels::pca_reconstruct", mutates_args=(), device_types="cpu")
+@declare("vision_kernels::pca_reconstruct")
 def _pca_reconstruct_op(
-    coeffs: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, out_dtype: torch.dtype | None, check_finite: bool
-) -> Tensor:
-    return _reconstruct(_cpu_backend(), coeffs, mean, std, basis, out_dtype, check_finite)
-
-
-def _launch_reconstruct(
-    native: object,
-    stream: int,
+    target: Target,
     coeffs: Tensor,
     mean: Tensor | None,
     std: Tensor,
     basis: Tensor,
     out_dtype: torch.dtype | None,
     check_finite: bool,
-) -> Tensor:
-    return _reconstruct(_Backend(native, stream), coeffs, mean, std, basis, out_dtype, check_finite)
-
-
-register_cuda(_pca_reconstruct_op, _launch_reconstruct)
-
-
-@register_fake(_pca_reconstruct_op)
-def _(
-    coeffs: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, out_dtype: torch.dtype | None, check_finite: bool
-) -> Tensor:
+) -> Native[Tensor]:
     _check_reconstruct(coeffs, mean, std, basis, out_dtype)
-    return coeffs.new_empty((coeffs.shape[0], basis.shape[0]), dtype=out_dtype or basis.dtype)
+    if target.real:
+        _check_values(RECONSTRUCT, std, {"coeffs": coeffs, "mean": mean, "basis": basis}, check_finite)
+    out = coeffs.new_empty((coeffs.shape[0], basis.shape[0]), dtype=out_dtype or basis.dtype)  # [B, D]
+    return Native(out, run=lambda backend: _reconstruct(backend, coeffs, mean, std, basis, out_dtype))
 
 
 def _reconstruct_setup(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -399,9 +322,7 @@ def _reconstruct_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     grad_c = grad_mean = grad_std = grad_basis = None
     if ctx.needs_input_grad[0]:
         # dL/dc = (grad * std) @ V, i.e. a projection with std' = 1 / std and no mean.
-        grad_c = torch.ops.vision_kernels.pca_project(grad_acc, None, std.to(accumulate).reciprocal(), basis, False).to(
-            coeffs.dtype
-        )
+        grad_c = _pca_project_op(grad_acc, None, std.to(accumulate).reciprocal(), basis, False).to(coeffs.dtype)
     if ctx.needs_input_grad[1]:
         grad_mean = grad_acc.sum(0).to(ctx.mean_dtype)
     if ctx.needs_input_grad[2]:
@@ -417,6 +338,13 @@ _pca_reconstruct_op.register_autograd(_reconstruct_backward, setup_context=_reco
 
 
 # ---------------------------------------------------------------- public functions
+
+
+def _check_tensors(function: str, name: str, x: object, mean: object, std: object, basis: object) -> None:
+    check = ArgCheck(function)
+    for value, argument in ((x, name), (mean, "mean"), (std, "std"), (basis, "basis")):
+        if value is not None or argument != "mean":
+            check.tensor(value, argument)
 
 
 @accepts_arrays("w", "mean", "std", "basis")
@@ -442,15 +370,10 @@ def pca_project(w: Tensor, mean: Tensor | None, std: Tensor, basis: Tensor, *, c
         Differentiable in all four inputs. Raises ValueError for a basis of the wrong width, a
         zero or negative std, NaN/Inf; TypeError for mismatched dtypes.
     """
-    check = ArgCheck(PROJECT)
-    check.tensor(w, "w")
-    check.tensor(std, "std")
-    check.tensor(basis, "basis")
-    if mean is not None:
-        check.tensor(mean, "mean")
+    _check_tensors(PROJECT, "w", w, mean, std, basis)
     if w.dim() == 1:
-        return torch.ops.vision_kernels.pca_project(w.unsqueeze(0), mean, std, basis, check_finite)[0]
-    return torch.ops.vision_kernels.pca_project(w, mean, std, basis, check_finite)
+        return _pca_project_op(w.unsqueeze(0), mean, std, basis, check_finite)[0]
+    return _pca_project_op(w, mean, std, basis, check_finite)
 
 
 @accepts_arrays("coeffs", "mean", "std", "basis")
@@ -482,17 +405,10 @@ def pca_reconstruct(
     Returns:
         ``[B, D]`` (or ``[D]``) weights. Differentiable in all four inputs.
     """
-    check = ArgCheck(RECONSTRUCT)
-    check.tensor(coeffs, "coeffs")
-    check.tensor(std, "std")
-    check.tensor(basis, "basis")
-    if mean is not None:
-        check.tensor(mean, "mean")
+    _check_tensors(RECONSTRUCT, "coeffs", coeffs, mean, std, basis)
     if coeffs.dim() == 1:
-        return torch.ops.vision_kernels.pca_reconstruct(coeffs.unsqueeze(0), mean, std, basis, out_dtype, check_finite)[
-            0
-        ]
-    return torch.ops.vision_kernels.pca_reconstruct(coeffs, mean, std, basis, out_dtype, check_finite)
+        return _pca_reconstruct_op(coeffs.unsqueeze(0), mean, std, basis, out_dtype, check_finite)[0]
+    return _pca_reconstruct_op(coeffs, mean, std, basis, out_dtype, check_finite)
 
 
 def standardize_block(x: Tensor, mean: Tensor | None, inverse_std: Tensor, out: Tensor | None = None) -> Tensor:
@@ -507,8 +423,5 @@ def standardize_block(x: Tensor, mean: Tensor | None, inverse_std: Tensor, out: 
     scale = inverse_std.to(accumulate).contiguous()
     if out is None:
         out = x.new_empty(x.shape, dtype=accumulate)
-    if x.device.type == "cpu":
-        _cpu_backend().standardize(x, shift, scale, out)
-    else:
-        _Backend(_native.cuda_module(), _native.cuda_stream(x)).standardize(x, shift, scale, out)
+    Backend.for_tensor(x).call("pca_standardize", x, shift, scale, out)
     return out
