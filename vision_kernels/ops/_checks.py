@@ -182,6 +182,11 @@ class ArgCheck:
             value = t[position].item()
             self.fail(name, f"must be finite (no NaN or Inf), got {value} at index {position}")
 
+    def all_finite(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """:meth:`finite` for every ``(name, tensor)`` of ``named``, in order."""
+        for name, tensor in named:
+            self.finite(tensor, name)
+
     def positive(self, value: float, name: str) -> None:
         if not value > 0:
             self.fail(name, f"must be > 0, got {value}")

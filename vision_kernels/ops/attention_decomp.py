@@ -82,8 +82,7 @@ def _attention_decomposition_op(
     check.layer_indices(layers, "layers", num_layers, MAX_LAYERS)
     check.out_dtype(out_dtype)
     if check_finite and target.real:
-        for name, tensor in named:
-            check.finite(tensor, name)
+        check.all_finite(named)
     shape = (
         batch,
         len(layers) if keep_layers else 1,

@@ -82,8 +82,7 @@ def _second_order_op(
     check.layer_indices(layers, "layers", num_layers, MAX_LAYERS)
     check.out_dtype(out_dtype)
     if check_finite and target.real:
-        for name, tensor in named:
-            check.finite(tensor, name)
+        check.all_finite(named)
         if ln_std.numel() and not bool((ln_std > 0).all()):
             position = tuple(int(i) for i in (ln_std <= 0).nonzero()[0].tolist())
             check.fail(
