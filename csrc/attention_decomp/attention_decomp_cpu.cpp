@@ -18,7 +18,7 @@
 #include "../common/dtype.h"
 #include "../common/parallel.h"
 #include "attention_decomp.h"
-#include "attention_decomp_cpu.h"
+#include "attention_decomp_ops.h"
 
 namespace vk::attention_decomp {
 namespace {
@@ -269,17 +269,16 @@ void decompose_typed(const TensorRef& values, const TensorRef& attn, const Tenso
 
 }  // namespace
 
-void attention_decomposition_cpu(const TensorRef& values, const TensorRef& attn, const TensorRef& folded,
-                                 const TensorRef& scale, const TensorRef* offset, const std::vector<index_t>& layers,
-                                 bool keep_layers, bool keep_heads, bool keep_tokens, const TensorRef& out) {
+void attention_decomposition_cpu(VK_ATTENTION_DECOMPOSITION_ARGS) {
+  const TensorRef* offset_ref = offset ? &*offset : nullptr;
   const ArgCheck check("vision_kernels.attention_decomposition");
-  check_attention_decomposition_arguments(check, values, attn, folded, scale, offset, layers, keep_layers, keep_heads,
+  check_attention_decomposition_arguments(check, values, attn, folded, scale, offset_ref, layers, keep_layers, keep_heads,
                                           keep_tokens, out, kCpuDevice);
   const Plan plan = make_plan(values, layers, keep_layers, keep_heads, keep_tokens, folded.sizes[3]);
   VK_DISPATCH_FLOATING(values.dtype, check.function(), [&] {
     using input_t = scalar_t;
     VK_DISPATCH_FLOATING(out.dtype, check.function(), [&] {
-      decompose_typed<input_t, scalar_t>(values, attn, folded, scale, offset, layers, plan, out);
+      decompose_typed<input_t, scalar_t>(values, attn, folded, scale, offset_ref, layers, plan, out);
     });
   });
 }

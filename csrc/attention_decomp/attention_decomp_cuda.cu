@@ -13,7 +13,7 @@
 #include "../common/cuda_utils.h"
 #include "../common/dtype.h"
 #include "attention_decomp.h"
-#include "attention_decomp_cuda.h"
+#include "attention_decomp_ops.h"
 
 // Full unrolling keeps the per-thread accumulator tiles in registers (nvcc only).
 #if defined(__CUDACC__)
@@ -198,18 +198,16 @@ void launch(const TensorRef& values, const TensorRef& attn, const TensorRef& fol
 
 }  // namespace
 
-void attention_decomposition_cuda(const TensorRef& values, const TensorRef& attn, const TensorRef& folded,
-                                  const TensorRef& scale, const TensorRef* offset, const std::vector<index_t>& layers,
-                                  bool keep_layers, bool keep_heads, bool keep_tokens, const TensorRef& out,
-                                  std::uintptr_t stream) {
+void attention_decomposition_cuda(VK_ATTENTION_DECOMPOSITION_ARGS, std::uintptr_t stream) {
+  const TensorRef* offset_ref = offset ? &*offset : nullptr;
   const ArgCheck check("vision_kernels.attention_decomposition");
-  check_attention_decomposition_arguments(check, values, attn, folded, scale, offset, layers, keep_layers, keep_heads,
+  check_attention_decomposition_arguments(check, values, attn, folded, scale, offset_ref, layers, keep_layers, keep_heads,
                                           keep_tokens, out, values.device);
   const Plan plan = make_plan(values, layers, keep_layers, keep_heads, keep_tokens, folded.sizes[3]);
   VK_DISPATCH_FLOATING(values.dtype, check.function(), [&] {
     using input_t = scalar_t;
     VK_DISPATCH_FLOATING(out.dtype, check.function(), [&] {
-      launch<input_t, scalar_t>(values, attn, folded, scale, offset, layers, plan, out, as_stream(stream),
+      launch<input_t, scalar_t>(values, attn, folded, scale, offset_ref, layers, plan, out, as_stream(stream),
                                 check.function());
     });
   });

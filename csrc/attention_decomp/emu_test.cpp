@@ -1,9 +1,9 @@
 // Emulated CUDA attention_decomposition against the CPU kernel (run under the sanitizers by vk_emu_tests).
+#include <optional>
 #include <vector>
 
 #include "../common/emu_test.h"
-#include "attention_decomp_cpu.h"
-#include "attention_decomp_cuda.h"
+#include "attention_decomp_ops.h"
 
 namespace {
 
@@ -29,7 +29,8 @@ void compare(index_t batch, index_t layers, index_t tokens, index_t heads, index
                                    embed};
   auto want = HostArray<O>::zeros(shape, out_dtype);
   auto got = HostArray<O>::zeros(shape, out_dtype);
-  const vk::TensorRef* offset_ref = mode.with_offset ? &offset.ref : nullptr;
+  const std::optional<vk::TensorRef> offset_ref =
+      mode.with_offset ? std::optional<vk::TensorRef>(offset.ref) : std::nullopt;
   vk::attention_decomp::attention_decomposition_cpu(values.ref, attn.ref, folded.ref, scale.ref, offset_ref, selected,
                                                     mode.keep_layers, mode.keep_heads, mode.keep_tokens, want.ref);
   vk::attention_decomp::attention_decomposition_cuda(values.ref, attn.ref, folded.ref, scale.ref, offset_ref, selected,

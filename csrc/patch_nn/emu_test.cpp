@@ -7,8 +7,7 @@
 #include <vector>
 
 #include "../common/emu_test.h"
-#include "patch_nn_cpu.h"
-#include "patch_nn_cuda.h"
+#include "patch_nn_ops.h"
 
 namespace {
 
@@ -52,7 +51,8 @@ void compare_search(index_t t, index_t h, index_t w, index_t c, index_t pt, inde
   auto f64 = HostArray<double>::zeros({7 * total}, DType::Float64);
   auto f32 = HostArray<float>::zeros({2 * total}, DType::Float32);
   auto i64 = HostArray<std::int64_t>::zeros({total}, DType::Int64);
-  vk::patch_nn::patch_nn_cpu(q.ref, k.ref, qm.ref, km.ref, pt, ph, pw, alpha, cpu_index.ref, cpu_distance.ref);
+  vk::patch_nn::patch_nn_cpu(q.ref, k.ref, qm.ref, km.ref, pt, ph, pw, alpha, false, cpu_index.ref,
+                             cpu_distance.ref);
   vk::patch_nn::patch_nn_cuda(q.ref, k.ref, qm.ref, km.ref, pt, ph, pw, alpha, false, emu_index.ref, emu_distance.ref,
                               f64.ref, f32.ref, i64.ref, 0);
   const std::string what = vk::str("patch_nn ", t, "x", h, "x", w, "x", c, " patch ", pt, "x", ph, "x", pw,

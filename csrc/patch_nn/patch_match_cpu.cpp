@@ -1,11 +1,11 @@
-// CPU kernel of PatchMatch (the algorithm is in patch_nn.h, "PatchMatch"): synchronous steps,
+// CPU kernel of PatchMatch (the algorithm is in match.h): synchronous steps,
 // parallel over queries, each reading only the previous step's keys, so results do not depend on
 // the thread count and equal the CUDA kernel's.
 #include <vector>
 
 #include "../common/parallel.h"
-#include "patch_nn.h"
-#include "patch_nn_cpu.h"
+#include "match.h"
+#include "patch_nn_ops.h"
 
 namespace vk::patch_nn {
 namespace {
@@ -54,10 +54,7 @@ void patch_match_typed(const TensorRef& queries, const TensorRef& keys, const Te
 
 }  // namespace
 
-void patch_match_cpu(const TensorRef& queries, const TensorRef& keys, const TensorRef& query_mask,
-                     const TensorRef& key_mask, const TensorRef& key_den, std::int64_t pt, std::int64_t ph,
-                     std::int64_t pw, std::int64_t iterations, std::uint64_t seed, const TensorRef& init_index,
-                     const TensorRef& out_index, const TensorRef& out_ssd) {
+void patch_match_cpu(VK_PATCH_MATCH_ARGS) {
   const ArgCheck check("vision_kernels.patch_match");
   check_patch_match_arguments(check, queries, keys, query_mask, key_mask, key_den, pt, ph, pw, iterations,
                               init_index, out_index, out_ssd, kCpuDevice);

@@ -1,9 +1,9 @@
-// CUDA kernels of PatchMatch: one thread per query runs match_init / match_step of patch_nn.h, one
+// CUDA kernels of PatchMatch: one thread per query runs match_init / match_step of match.h, one
 // launch per synchronous step, ping-ponging the state so every step reads the previous one only.
 #include "../common/cuda_utils.h"
 #include "../common/dtype.h"
-#include "patch_nn.h"
-#include "patch_nn_cuda.h"
+#include "match.h"
+#include "patch_nn_ops.h"
 
 namespace vk::patch_nn {
 namespace {
@@ -54,11 +54,8 @@ __global__ void match_output_kernel(StateBuffers state, index_t count,
 
 }  // namespace
 
-void patch_match_cuda(const TensorRef& queries, const TensorRef& keys, const TensorRef& query_mask,
-                      const TensorRef& key_mask, const TensorRef& key_den, std::int64_t pt, std::int64_t ph,
-                      std::int64_t pw, std::int64_t iterations, std::uint64_t seed, const TensorRef& init_index,
-                      const TensorRef& out_index, const TensorRef& out_ssd, const TensorRef& state_keys,
-                      const TensorRef& state_scores, const TensorRef& key_weight, std::uintptr_t stream) {
+void patch_match_cuda(VK_PATCH_MATCH_ARGS, const TensorRef& state_keys, const TensorRef& state_scores,
+                      const TensorRef& key_weight, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.patch_match");
   check_patch_match_arguments(check, queries, keys, query_mask, key_mask, key_den, pt, ph, pw, iterations,
                               init_index, out_index, out_ssd, queries.device);

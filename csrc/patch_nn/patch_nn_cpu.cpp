@@ -1,5 +1,5 @@
 // CPU kernel of the exact patch search: GEMM-form screening fused with the running best, then exact
-// re-scoring of the keys the screen cannot rule out (patch_nn.h explains why that is exact).
+// re-scoring of the keys the screen cannot rule out (search.h explains why that is exact).
 //
 // Keys are visited in blocks of about 1 MiB of packed values: each block is packed once into
 // panels of NR keys laid out [depth][NR] (implicit im2col: read straight from the strided input),
@@ -17,8 +17,8 @@
 
 #include "../common/dtype.h"
 #include "../common/parallel.h"
-#include "patch_nn.h"
-#include "patch_nn_cpu.h"
+#include "search.h"
+#include "patch_nn_ops.h"
 #include "patch_set_cpu.h"
 #include "screen_cpu.h"
 
@@ -308,18 +308,6 @@ std::vector<index_t> position_seeds(const PatchSet<T>& queries, const PatchSet<T
   return seeds;
 }
 
-// Largest |value| of an input (for the float32 screening range check).
-template <typename T>
-double max_abs(const TensorRef& x) {
-  const auto v = make_view<const T, 4>(x);
-  double m = 0.0;
-  for (index_t a = 0; a < v.size[0]; ++a)
-    for (index_t b = 0; b < v.size[1]; ++b)
-      for (index_t c = 0; c < v.size[2]; ++c)
-        for (index_t d = 0; d < v.size[3]; ++d) m = std::max(m, std::fabs(load_exact(v(a, b, c, d))));
-  return m;
-}
-
 template <typename T, typename S>
 SearchResult search_typed(const PatchSet<T>& q, const PatchSet<T>& k, double alpha) {
   std::vector<double> den, weight;
@@ -342,7 +330,7 @@ SearchResult search_typed(const PatchSet<T>& q, const PatchSet<T>& k, double alp
 template <typename T>
 void patch_nn_typed(const ArgCheck& check, const TensorRef& queries, const TensorRef& keys,
                     const TensorRef& query_mask, const TensorRef& key_mask, index_t pt, index_t ph, index_t pw,
-                    double alpha, const TensorRef& out_index, const TensorRef& out_distance) {
+                    double alpha, bool wide, const TensorRef& out_index, const TensorRef& out_distance) {
   const PatchLayout lq = make_layout(queries, pt, ph, pw);
   const PatchLayout lk = make_layout(keys, pt, ph, pw);
   const PatchSet<T> q = make_patch_set<T>(queries, query_mask, lq);
@@ -363,9 +351,7 @@ void patch_nn_typed(const ArgCheck& check, const TensorRef& queries, const Tenso
   for (index_t f = 0; f < grid; ++f) store_distance(f, std::numeric_limits<double>::infinity());
   if (q.size() == 0) return;
 
-  // float32 screening needs |x|^2 sums far from overflow; larger inputs are screened in float64.
-  const bool wide = std::is_same_v<T, double> || std::max(max_abs<T>(queries), max_abs<T>(keys)) > 1e15;
-  const SearchResult best = wide ? search_typed<T, double>(q, k, alpha) : search_typed<T, float>(q, k, alpha);
+  const SearchResult best = (wide || std::is_same_v<T, double>) ? search_typed<T, double>(q, k, alpha) : search_typed<T, float>(q, k, alpha);
   const double n = static_cast<double>(lq.depth());
   for (index_t i = 0; i < q.size(); ++i) {
     index[q.flat[i]] = k.flat[best.key[i]];
@@ -375,16 +361,13 @@ void patch_nn_typed(const ArgCheck& check, const TensorRef& queries, const Tenso
 
 }  // namespace
 
-void patch_nn_cpu(const TensorRef& queries, const TensorRef& keys, const TensorRef& query_mask,
-                  const TensorRef& key_mask, std::int64_t pt, std::int64_t ph, std::int64_t pw, double alpha,
-                  const TensorRef& out_index, const TensorRef& out_distance) {
+void patch_nn_cpu(VK_PATCH_NN_ARGS) {
   const ArgCheck check("vision_kernels.patch_nn");
   check_patch_nn_arguments(check, queries, keys, query_mask, key_mask, pt, ph, pw, out_index, out_distance,
                            kCpuDevice);
-  VK_CHECK(std::isnan(alpha) || (alpha > 0 && std::isfinite(alpha)), ErrorKind::Value, check.function(),
-           ": argument 'alpha' must be None or a finite number > 0, got ", alpha);
+  check_alpha(check, alpha);
   VK_DISPATCH_FLOATING(queries.dtype, check.function(), [&] {
-    patch_nn_typed<scalar_t>(check, queries, keys, query_mask, key_mask, pt, ph, pw, alpha, out_index,
+    patch_nn_typed<scalar_t>(check, queries, keys, query_mask, key_mask, pt, ph, pw, alpha, wide, out_index,
                              out_distance);
   });
 }

@@ -1,4 +1,4 @@
-// CUDA kernels of the exact patch search (same arithmetic and bounds as the CPU kernel, patch_nn.h).
+// CUDA kernels of the exact patch search (same arithmetic and bounds as the CPU kernel, search.h).
 //
 // A pass searches the patches of grid A (its "queries") against grid B (its "keys"):
 //   prepare_queries: per A position, the lower-bound term of |q|^2 and a first candidate (the key
@@ -15,8 +15,8 @@
 
 #include "../common/cuda_utils.h"
 #include "../common/dtype.h"
-#include "patch_nn.h"
-#include "patch_nn_cuda.h"
+#include "search.h"
+#include "patch_nn_ops.h"
 
 namespace vk::patch_nn {
 namespace {
@@ -302,16 +302,12 @@ void patch_nn_typed(const TensorRef& queries, const TensorRef& keys, const Tenso
 
 }  // namespace
 
-void patch_nn_cuda(const TensorRef& queries, const TensorRef& keys, const TensorRef& query_mask,
-                   const TensorRef& key_mask, std::int64_t pt, std::int64_t ph, std::int64_t pw, double alpha,
-                   bool wide, const TensorRef& out_index, const TensorRef& out_distance,
-                   const TensorRef& workspace_f64, const TensorRef& workspace_f32, const TensorRef& workspace_i64,
-                   std::uintptr_t stream) {
+void patch_nn_cuda(VK_PATCH_NN_ARGS, const TensorRef& workspace_f64, const TensorRef& workspace_f32,
+                   const TensorRef& workspace_i64, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.patch_nn");
   check_patch_nn_arguments(check, queries, keys, query_mask, key_mask, pt, ph, pw, out_index, out_distance,
                            queries.device);
-  VK_CHECK(std::isnan(alpha) || (alpha > 0 && std::isfinite(alpha)), ErrorKind::Value, check.function(),
-           ": argument 'alpha' must be None or a finite number > 0, got ", alpha);
+  check_alpha(check, alpha);
   check_cuda_grid(check, make_layout(queries, pt, ph, pw), "queries");
   check_cuda_grid(check, make_layout(keys, pt, ph, pw), "keys");
   const index_t total = make_layout(queries, pt, ph, pw).grid_size() + make_layout(keys, pt, ph, pw).grid_size();

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "../common/tensor.h"
-#include "patch_nn.h"
+#include "patch.h"
 
 namespace vk::patch_nn {
 

@@ -1,6 +1,6 @@
 // Screening micro-kernels (see screen_cpu.h). The x86 kernels use intrinsics in functions compiled
 // for their instruction set and are picked at run time from the CPU's features, so one binary runs
-// everywhere; the error bounds of patch_nn.h hold for every kernel (any summation order, fused or not).
+// everywhere; the error bounds of search.h hold for every kernel (any summation order, fused or not).
 #include "screen_cpu.h"
 
 #include <cstdlib>

@@ -1,4 +1,4 @@
-// CPU screening micro-kernels of the exact patch search (see patch_nn.h, "Screening").
+// CPU screening micro-kernels of the exact patch search (see search.h).
 //
 // One call handles an MR x NR tile: MR queries packed as [depth][MR] against NR keys packed as
 // [depth][NR] (zero padded), and never stores the Nq x Nk matrix:

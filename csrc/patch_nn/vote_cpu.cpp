@@ -1,4 +1,4 @@
-// CPU kernel of patch_vote (the arithmetic is in patch_nn.h, "voting"): one gather per output
+// CPU kernel of patch_vote (the arithmetic is in vote.h): one gather per output
 // pixel over the query patches covering it, parallel over output rows; no atomics, deterministic.
 #include <algorithm>
 #include <cmath>
@@ -6,8 +6,8 @@
 
 #include "../common/dtype.h"
 #include "../common/parallel.h"
-#include "patch_nn.h"
-#include "patch_nn_cpu.h"
+#include "vote.h"
+#include "patch_nn_ops.h"
 
 namespace vk::patch_nn {
 namespace {
@@ -78,9 +78,7 @@ void vote_typed(const TensorRef& values, const TensorRef& index, const TensorRef
 
 }  // namespace
 
-void patch_vote_cpu(const TensorRef& values, const TensorRef& index, const TensorRef& weights, std::int64_t pt,
-                    std::int64_t ph, std::int64_t pw, std::int64_t reduction, double sigma_t, double sigma_s,
-                    double fill, const TensorRef& out) {
+void patch_vote_cpu(VK_PATCH_VOTE_ARGS) {
   const ArgCheck check("vision_kernels.patch_vote");
   check_vote_arguments(check, values, index, weights, pt, ph, pw, reduction, sigma_t, sigma_s, out, kCpuDevice);
   const VoteGeometry g{pt, ph, pw, values.sizes[3], index.sizes[0], index.sizes[1], index.sizes[2], sigma_t, sigma_s};

@@ -1,10 +1,10 @@
 // CUDA kernel of patch_vote: one thread per output element (t, y, x, c) gathers the proposals of
-// the query patches covering it (patch_nn.h, "voting"); the median is selected by counting, so no
+// the query patches covering it (vote.h); the median is selected by counting, so no
 // per-thread buffer is needed.
 #include "../common/cuda_utils.h"
 #include "../common/dtype.h"
-#include "patch_nn.h"
-#include "patch_nn_cuda.h"
+#include "vote.h"
+#include "patch_nn_ops.h"
 
 namespace vk::patch_nn {
 namespace {
@@ -91,9 +91,7 @@ __global__ void vote_kernel(VoteArgs<T> a) {
 
 }  // namespace
 
-void patch_vote_cuda(const TensorRef& values, const TensorRef& index, const TensorRef& weights, std::int64_t pt,
-                     std::int64_t ph, std::int64_t pw, std::int64_t reduction, double sigma_t, double sigma_s,
-                     double fill, const TensorRef& out, std::uintptr_t stream) {
+void patch_vote_cuda(VK_PATCH_VOTE_ARGS, std::uintptr_t stream) {
   const ArgCheck check("vision_kernels.patch_vote");
   check_vote_arguments(check, values, index, weights, pt, ph, pw, reduction, sigma_t, sigma_s, out, values.device);
   const VoteGeometry g{pt, ph, pw, values.sizes[3], index.sizes[0], index.sizes[1], index.sizes[2], sigma_t, sigma_s};

@@ -1,9 +1,9 @@
 // Emulated CUDA second_order_effects against the CPU kernel (run under the sanitizers by vk_emu_tests).
+#include <optional>
 #include <vector>
 
 #include "../common/emu_test.h"
-#include "second_order_cpu.h"
-#include "second_order_cuda.h"
+#include "second_order_ops.h"
 
 namespace {
 
@@ -27,11 +27,11 @@ void compare(index_t batch, index_t layers, index_t heads, index_t tokens, index
   auto workspace = HostArray<A>::zeros({batch, selected_count * heads, neurons}, accumulation);
   auto want = HostArray<O>::zeros({batch, neurons, embed}, out_dtype);
   auto got = HostArray<O>::zeros({batch, neurons, embed}, out_dtype);
-  const vk::TensorRef* offset_ref = with_offset ? &offset.ref : nullptr;
+  const std::optional<vk::TensorRef> offset_ref = with_offset ? std::optional<vk::TensorRef>(offset.ref) : std::nullopt;
   vk::second_order::second_order_effects_cpu(attn.ref, ln_std.ref, act.ref, directions.ref, scale.ref, offset_ref,
                                              selected, want.ref);
   vk::second_order::second_order_effects_cuda(attn.ref, ln_std.ref, act.ref, directions.ref, scale.ref, offset_ref,
-                                              selected, workspace.ref, got.ref, 0);
+                                              selected, got.ref, workspace.ref, 0);
   vk::emu_test::expect_close(vk::str("second_order_effects ", batch, "x", layers, "x", heads, "x", tokens, "x",
                                      neurons, "x", embed, " offset ", with_offset, " ", vk::dtype_name(in_dtype), "->",
                                      vk::dtype_name(out_dtype)),

@@ -16,7 +16,7 @@
 #include "../common/dtype.h"
 #include "../common/parallel.h"
 #include "second_order.h"
-#include "second_order_cpu.h"
+#include "second_order_ops.h"
 
 namespace vk::second_order {
 namespace {
@@ -223,16 +223,15 @@ void run_typed(const TensorRef& attn, const TensorRef& ln_std, const TensorRef& 
 
 }  // namespace
 
-void second_order_effects_cpu(const TensorRef& attn, const TensorRef& ln_std, const TensorRef& activations,
-                              const TensorRef& directions, const TensorRef& scale, const TensorRef* offset,
-                              const std::vector<index_t>& layers, const TensorRef& out) {
+void second_order_effects_cpu(VK_SECOND_ORDER_EFFECTS_ARGS) {
+  const TensorRef* offset_ref = offset ? &*offset : nullptr;
   const ArgCheck check("vision_kernels.second_order_effects");
-  check_second_order_arguments(check, attn, ln_std, activations, directions, scale, offset, layers, out, kCpuDevice);
+  check_second_order_arguments(check, attn, ln_std, activations, directions, scale, offset_ref, layers, out, kCpuDevice);
   const Shape shape = make_shape(attn, activations, directions, layers);
   VK_DISPATCH_FLOATING(attn.dtype, check.function(), [&] {
     using input_t = scalar_t;
     VK_DISPATCH_FLOATING(out.dtype, check.function(), [&] {
-      run_typed<input_t, scalar_t>(attn, ln_std, activations, directions, scale, offset, layers, shape, out);
+      run_typed<input_t, scalar_t>(attn, ln_std, activations, directions, scale, offset_ref, layers, shape, out);
     });
   });
 }

@@ -12,7 +12,7 @@
 #include "../common/cuda_utils.h"
 #include "../common/dtype.h"
 #include "second_order.h"
-#include "second_order_cuda.h"
+#include "second_order_ops.h"
 
 #if defined(__CUDACC__)
 #define VK_SO_UNROLL _Pragma("unroll")
@@ -151,12 +151,10 @@ void launch(const TensorRef& attn, const TensorRef& ln_std, const TensorRef& act
 
 }  // namespace
 
-void second_order_effects_cuda(const TensorRef& attn, const TensorRef& ln_std, const TensorRef& activations,
-                               const TensorRef& directions, const TensorRef& scale, const TensorRef* offset,
-                               const std::vector<index_t>& layers, const TensorRef& workspace, const TensorRef& out,
-                               std::uintptr_t stream) {
+void second_order_effects_cuda(VK_SECOND_ORDER_EFFECTS_ARGS, const TensorRef& workspace, std::uintptr_t stream) {
+  const TensorRef* offset_ref = offset ? &*offset : nullptr;
   const ArgCheck check("vision_kernels.second_order_effects");
-  check_second_order_arguments(check, attn, ln_std, activations, directions, scale, offset, layers, out, attn.device);
+  check_second_order_arguments(check, attn, ln_std, activations, directions, scale, offset_ref, layers, out, attn.device);
   const Shape shape = make_shape(attn, activations, directions, layers);
   check.rank(workspace, "workspace", 3, "[B, P, Nn]");
   check.dtype(workspace, "workspace", {attn.dtype == DType::Float64 ? DType::Float64 : DType::Float32});
@@ -169,7 +167,7 @@ void second_order_effects_cuda(const TensorRef& attn, const TensorRef& ln_std, c
   VK_DISPATCH_FLOATING(attn.dtype, check.function(), [&] {
     using input_t = scalar_t;
     VK_DISPATCH_FLOATING(out.dtype, check.function(), [&] {
-      launch<input_t, scalar_t>(attn, ln_std, activations, directions, scale, offset, layers, shape, workspace, out,
+      launch<input_t, scalar_t>(attn, ln_std, activations, directions, scale, offset_ref, layers, shape, workspace, out,
                                 as_stream(stream), check.function());
     });
   });

@@ -313,10 +313,10 @@ def test_emulated_kernel_checks_its_workspace() -> None:
     out = torch.empty(1, 2, 4)
     with pytest.raises(ValueError, match=r"argument 'workspace' must have size 2 in dimension 1 \(P, the"):
         core.second_order_effects_cuda(ref(attn), ref(ln_std), ref(act), ref(directions), ref(scale), None, [0, 1],
-                                       ref(torch.empty(1, 3, 2)), ref(out), 0)  # fmt: skip
+                                       ref(out), ref(torch.empty(1, 3, 2)), 0)  # fmt: skip
     with pytest.raises(TypeError, match=r"argument 'workspace' must have dtype in \{float32\}, got float64"):
         core.second_order_effects_cuda(ref(attn), ref(ln_std), ref(act), ref(directions), ref(scale), None, [0, 1],
-                                       ref(torch.empty(1, 2, 2, dtype=torch.float64)), ref(out), 0)  # fmt: skip
+                                       ref(out), ref(torch.empty(1, 2, 2, dtype=torch.float64)), 0)  # fmt: skip
 
 
 def test_64bit_offsets_with_strided_activations() -> None:

@@ -421,11 +421,11 @@ def test_native_core_checks_its_own_arguments() -> None:
     index, distance = torch.empty(1, 4, 4, dtype=torch.long), torch.empty(1, 4, 5)
     with pytest.raises(ValueError, match=r"argument 'out_distance' must have shape \[1, 4, 4\]"):
         _native.cpu_module().patch_nn_cpu(
-            ref(q), ref(q), ref(mask), ref(mask), 1, 3, 3, float("nan"), ref(index), ref(distance)
+            ref(q), ref(q), ref(mask), ref(mask), 1, 3, 3, float("nan"), False, ref(index), ref(distance)
         )
     empty = torch.zeros(1, 4, 4, dtype=torch.bool)
     distance = torch.empty(1, 4, 4)  # kept alive: the core writes through its pointer
     with pytest.raises(ValueError, match=r"argument 'key_mask' must select at least one key position"):
         _native.cpu_module().patch_nn_cpu(
-            ref(q), ref(q), ref(mask), ref(empty), 1, 3, 3, float("nan"), ref(index), ref(distance)
+            ref(q), ref(q), ref(mask), ref(empty), 1, 3, 3, float("nan"), False, ref(index), ref(distance)
         )

@@ -187,6 +187,11 @@ class ArgCheck:
             value = t[position].item()
             self.fail(name, f"must be finite (no NaN or Inf), got {value} at index {position}")
 
+    def all_finite(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """:meth:`finite` for every ``(name, tensor)`` of ``named``, in order."""
+        for name, tensor in named:
+            self.finite(tensor, name)
+
     def positive(self, value: float, name: str) -> None:
         if not value > 0:
             self.fail(name, f"must be > 0, got {value}")
@@ -195,6 +200,28 @@ class ArgCheck:
         """``low <= value < high``."""
         if not low <= value < high:
             self.fail(name, f"must be in [{low}, {high}), got {value}", IndexError)
+
+    def layer_indices(self, layers: Sequence[int], name: str, num_layers: int, most: int) -> None:
+        """At most ``most`` entries, each a layer index in ``[0, num_layers)`` (IndexError otherwise)."""
+        if len(layers) > most:
+            self.fail(name, f"must list at most {most} layers, got {len(layers)}")
+        for position, layer in enumerate(layers):
+            if not 0 <= layer < num_layers:
+                self.fail(
+                    name,
+                    f"must hold layer indices in [0, {num_layers}), got {layer} at position {position}",
+                    IndexError,
+                )
+
+    def out_dtype(self, dtype: object, name: str = "out_dtype") -> None:
+        """None or one of the floating dtypes an op can write (TypeError otherwise)."""
+        if dtype is None:
+            return
+        if not isinstance(dtype, torch.dtype):
+            self.fail(name, f"must be a torch.dtype or None, got {type(dtype).__name__}", TypeError)
+        if dtype not in FLOATING:
+            names = ", ".join(dtype_name(d) for d in FLOATING)
+            self.fail(name, f"must be one of {{{names}}}, got {dtype_name(dtype)}", TypeError)
 
     def choice(self, value: object, name: str, allowed: Sequence[object]) -> None:
         if value not in allowed:

@@ -28,10 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _native
-from ._checks import FLOATING, ArgCheck, dtype_name
+from ._checks import ArgCheck
+from ._declare import Native, Target, declare
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = ["attention_decomposition"]
 
@@ -39,15 +38,22 @@ FUNCTION = "vision_kernels.attention_decomposition"
 MAX_LAYERS = 256  # kMaxSelectedLayers in csrc/attention_decomp/attention_decomp.h
 
 
-def _check_arguments(
+@declare("vision_kernels::attention_decomposition")
+def _attention_decomposition_op(
+    target: Target,
     values: Tensor,
     attn: Tensor,
     folded: Tensor,
     scale: Tensor,
     offset: Tensor | None,
-    layers: Sequence[int],
+    layers: list[int],
+    keep_layers: bool,
+    keep_heads: bool,
+    keep_tokens: bool,
     out_dtype: torch.dtype | None,
-) -> None:
+    check_finite: bool,
+) -> Native[Tensor]:
+    """Check the inputs and allocate the output ``[B, Lk, Hk, Nk, E]``; native arguments as the op's."""
     check = ArgCheck(FUNCTION)
     check.rank(values, "values", 5, "[B, L, N, H, Dh]")
     check.rank(attn, "attn", 4, "[B, L, H, N]")
@@ -56,7 +62,6 @@ def _check_arguments(
     check.floating(values, "values")
     for tensor, name in ((attn, "attn"), (folded, "folded"), (scale, "scale")):
         check.same_dtype(values, "values", tensor, name)
-        check.same_device(values, "values", tensor, name)
     batch, num_layers, tokens, heads, head_dim = values.shape
     check.size(attn, "attn", 0, batch, "B, the batch of values")
     check.size(attn, "attn", 1, num_layers, "L, the layers of values")
@@ -66,144 +71,27 @@ def _check_arguments(
     check.size(folded, "folded", 1, heads, "H, the heads of values")
     check.size(folded, "folded", 2, head_dim, "Dh, the head size of values")
     check.size(scale, "scale", 0, batch, "B, the batch of values")
+    named = [("values", values), ("attn", attn), ("folded", folded), ("scale", scale)]
     if offset is not None:
         check.rank(offset, "offset", 3, "[B, L, E]")
         check.same_dtype(values, "values", offset, "offset")
-        check.same_device(values, "values", offset, "offset")
         check.size(offset, "offset", 0, batch, "B, the batch of values")
         check.size(offset, "offset", 1, num_layers, "L, the layers of values")
         check.size(offset, "offset", 2, folded.shape[3], "E, the embedding size of folded")
-    if len(layers) > MAX_LAYERS:
-        check.fail("layers", f"must list at most {MAX_LAYERS} layers, got {len(layers)}")
-    for position, layer in enumerate(layers):
-        if not 0 <= layer < num_layers:
-            check.fail(
-                "layers",
-                f"must hold layer indices in [0, {num_layers}), got {layer} at position {position}",
-                IndexError,
-            )
-    if out_dtype is not None and out_dtype not in FLOATING:
-        names = ", ".join(dtype_name(d) for d in FLOATING)
-        check.fail("out_dtype", f"must be one of {{{names}}}, got {dtype_name(out_dtype)}", TypeError)
-
-
-def _output_shape(values: Tensor, folded: Tensor, layers: Sequence[int], keep: tuple[bool, bool, bool]) -> tuple:
-    keep_layers, keep_heads, keep_tokens = keep
-    batch, _, tokens, heads, _ = values.shape
-    return (
+        named.append(("offset", offset))
+    check.layer_indices(layers, "layers", num_layers, MAX_LAYERS)
+    check.out_dtype(out_dtype)
+    if check_finite and target.real:
+        check.all_finite(named)
+    shape = (
         batch,
         len(layers) if keep_layers else 1,
         heads if keep_heads else 1,
         tokens if keep_tokens else 1,
         folded.shape[3],
     )
-
-
-def _prepare(
-    values: Tensor,
-    attn: Tensor,
-    folded: Tensor,
-    scale: Tensor,
-    offset: Tensor | None,
-    layers: Sequence[int],
-    keep: tuple[bool, bool, bool],
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
-) -> Tensor:
-    """Check the inputs and allocate the output ``[B, Lk, Hk, Nk, E]``."""
-    _check_arguments(values, attn, folded, scale, offset, layers, out_dtype)
-    if check_finite:
-        check = ArgCheck(FUNCTION)
-        for tensor, name in ((values, "values"), (attn, "attn"), (folded, "folded"), (scale, "scale")):
-            check.finite(tensor, name)
-        if offset is not None:
-            check.finite(offset, "offset")
-    shape = _output_shape(values, folded, layers, keep)
-    return torch.empty(shape, dtype=out_dtype or values.dtype, device=values.device)
-
-
-@torch.library.custom_op("vision_kernels::attention_decomposition", mutates_args=(), device_types="cpu")
-def _attention_decomposition_op(
-    values: Tensor,
-    attn: Tensor,
-    folded: Tensor,
-    scale: Tensor,
-    offset: Tensor | None,
-    layers: list[int],
-    keep_layers: bool,
-    keep_heads: bool,
-    keep_tokens: bool,
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
-) -> Tensor:
-    keep = (keep_layers, keep_heads, keep_tokens)
-    out = _prepare(values, attn, folded, scale, offset, layers, keep, out_dtype, check_finite)  # [B, Lk, Hk, Nk, E]
-    ref = _native.tensor_ref
-    cpu_native().attention_decomposition_cpu(
-        ref(values),
-        ref(attn),
-        ref(folded),
-        ref(scale),
-        None if offset is None else ref(offset),
-        list(layers),
-        *keep,
-        ref(out),
-    )
-    return out
-
-
-def _launch_cuda(
-    native: object,
-    stream: int,
-    values: Tensor,
-    attn: Tensor,
-    folded: Tensor,
-    scale: Tensor,
-    offset: Tensor | None,
-    layers: list[int],
-    keep_layers: bool,
-    keep_heads: bool,
-    keep_tokens: bool,
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
-) -> Tensor:
-    keep = (keep_layers, keep_heads, keep_tokens)
-    out = _prepare(values, attn, folded, scale, offset, layers, keep, out_dtype, check_finite)  # [B, Lk, Hk, Nk, E]
-    ref = _native.tensor_ref
-    native.attention_decomposition_cuda(  # type: ignore[attr-defined]
-        ref(values),
-        ref(attn),
-        ref(folded),
-        ref(scale),
-        None if offset is None else ref(offset),
-        list(layers),
-        *keep,
-        ref(out),
-        stream,
-    )
-    return out
-
-
-register_cuda(_attention_decomposition_op, _launch_cuda)
-
-
-@register_fake(_attention_decomposition_op)
-def _(
-    values: Tensor,
-    attn: Tensor,
-    folded: Tensor,
-    scale: Tensor,
-    offset: Tensor | None,
-    layers: list[int],
-    keep_layers: bool,
-    keep_heads: bool,
-    keep_tokens: bool,
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
-) -> Tensor:
-    _check_arguments(values, attn, folded, scale, offset, layers, out_dtype)
-    shape = _output_shape(values, folded, layers, (keep_layers, keep_heads, keep_tokens))
-    return values.new_empty(shape, dtype=out_dtype or values.dtype)
+    out = values.new_empty(shape, dtype=out_dtype or values.dtype)  # [B, Lk, Hk, Nk, E]
+    return Native(out, args=(values, attn, folded, scale, offset, layers, keep_layers, keep_heads, keep_tokens, out))
 
 
 # The autograd context is torch's dynamic per-call object: it carries torch's own fields
@@ -316,8 +204,7 @@ def attention_decomposition(
         layer_list = list(range(values.shape[1])) if values.dim() == 5 else []
     else:
         layer_list = check.integers(layers, "layers")  # [1.7] or [True] is a TypeError, not layer 1
-    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
-        check.fail("out_dtype", f"must be a torch.dtype or None, got {type(out_dtype).__name__}", TypeError)
-    return torch.ops.vision_kernels.attention_decomposition(
+    check.out_dtype(out_dtype)
+    return _attention_decomposition_op(
         values, attn, folded, scale, offset, layer_list, keep_layers, keep_heads, keep_tokens, out_dtype, check_finite
     )

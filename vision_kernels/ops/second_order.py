@@ -28,10 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _native
-from ._checks import FLOATING, ArgCheck, dtype_name
+from ._checks import ArgCheck
+from ._declare import Native, Target, declare
 from ._interop import accepts_arrays
-from ._registry import cpu_native, register_cuda, register_fake
 
 __all__ = ["second_order_effects"]
 
@@ -39,16 +38,20 @@ FUNCTION = "vision_kernels.second_order_effects"
 MAX_LAYERS = 256  # kMaxLayers in csrc/second_order/second_order.h
 
 
-def _check_arguments(
+@declare("vision_kernels::second_order_effects")
+def _second_order_op(
+    target: Target,
     attn: Tensor,
     ln_std: Tensor,
     activations: Tensor,
     directions: Tensor,
     scale: Tensor,
     offset: Tensor | None,
-    layers: Sequence[int],
+    layers: list[int],
     out_dtype: torch.dtype | None,
-) -> None:
+    check_finite: bool,
+) -> Native[Tensor]:
+    """Check the inputs and allocate the output ``[B, Nn, E]`` (and, for CUDA, the coefficients ``[B, P, Nn]``)."""
     check = ArgCheck(FUNCTION)
     check.rank(attn, "attn", 4, "[B, L, H, N]")
     check.rank(ln_std, "ln_std", 3, "[B, L, N]")
@@ -56,14 +59,10 @@ def _check_arguments(
     check.rank(directions, "directions", 4, "[S, H, Nn, E]")
     check.rank(scale, "scale", 1, "[B]")
     check.floating(attn, "attn")
-    for tensor, name in (
-        (ln_std, "ln_std"),
-        (activations, "activations"),
-        (directions, "directions"),
-        (scale, "scale"),
-    ):
+    named = [("attn", attn), ("ln_std", ln_std), ("activations", activations), ("directions", directions)]
+    named.append(("scale", scale))
+    for name, tensor in named[1:]:
         check.same_dtype(attn, "attn", tensor, name)
-        check.same_device(attn, "attn", tensor, name)
     batch, num_layers, heads, tokens = attn.shape
     check.size(ln_std, "ln_std", 0, batch, "B, the batch of attn")
     check.size(ln_std, "ln_std", 1, num_layers, "L, the layers of attn")
@@ -77,135 +76,25 @@ def _check_arguments(
     if offset is not None:
         check.rank(offset, "offset", 2, "[B, E]")
         check.same_dtype(attn, "attn", offset, "offset")
-        check.same_device(attn, "attn", offset, "offset")
         check.size(offset, "offset", 0, batch, "B, the batch of attn")
         check.size(offset, "offset", 1, directions.shape[3], "E, the embedding size of directions")
-    if len(layers) > MAX_LAYERS:
-        check.fail("layers", f"must list at most {MAX_LAYERS} layers, got {len(layers)}")
-    for position, layer in enumerate(layers):
-        if not 0 <= layer < num_layers:
+        named.append(("offset", offset))
+    check.layer_indices(layers, "layers", num_layers, MAX_LAYERS)
+    check.out_dtype(out_dtype)
+    if check_finite and target.real:
+        check.all_finite(named)
+        if ln_std.numel() and not bool((ln_std > 0).all()):
+            position = tuple(int(i) for i in (ln_std <= 0).nonzero()[0].tolist())
             check.fail(
-                "layers",
-                f"must hold layer indices in [0, {num_layers}), got {layer} at position {position}",
-                IndexError,
+                "ln_std", f"must be > 0 (a LayerNorm's sqrt(var + eps)), got {ln_std[position].item()} at {position}"
             )
-    if out_dtype is not None and out_dtype not in FLOATING:
-        names = ", ".join(dtype_name(d) for d in FLOATING)
-        check.fail("out_dtype", f"must be one of {{{names}}}, got {dtype_name(out_dtype)}", TypeError)
-
-
-def _check_values(
-    attn: Tensor, ln_std: Tensor, activations: Tensor, directions: Tensor, scale: Tensor, offset: Tensor | None
-) -> None:
-    check = ArgCheck(FUNCTION)
-    named = [("attn", attn), ("ln_std", ln_std), ("activations", activations), ("directions", directions)]
-    named += [("scale", scale)] + ([("offset", offset)] if offset is not None else [])
-    for name, tensor in named:
-        check.finite(tensor, name)
-    if ln_std.numel() and not bool((ln_std > 0).all()):
-        position = tuple(int(i) for i in (ln_std <= 0).nonzero()[0].tolist())
-        check.fail(
-            "ln_std", f"must be > 0 (a LayerNorm's sqrt(var + eps)), got {ln_std[position].item()} at {position}"
-        )
-
-
-def _prepare(
-    attn: Tensor,
-    ln_std: Tensor,
-    activations: Tensor,
-    directions: Tensor,
-    scale: Tensor,
-    offset: Tensor | None,
-    layers: Sequence[int],
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
-) -> Tensor:
-    """Check the inputs and allocate the output ``[B, Nn, E]``."""
-    _check_arguments(attn, ln_std, activations, directions, scale, offset, layers, out_dtype)
-    if check_finite:
-        _check_values(attn, ln_std, activations, directions, scale, offset)
-    shape = (attn.shape[0], activations.shape[2], directions.shape[3])
-    return torch.empty(shape, dtype=out_dtype or attn.dtype, device=attn.device)
-
-
-@torch.library.custom_op("vision_kernels::second_order_effects", mutates_args=(), device_types="cpu")
-def _second_order_op(
-    attn: Tensor,
-    ln_std: Tensor,
-    activations: Tensor,
-    directions: Tensor,
-    scale: Tensor,
-    offset: Tensor | None,
-    layers: list[int],
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
-) -> Tensor:
-    out = _prepare(attn, ln_std, activations, directions, scale, offset, layers, out_dtype, check_finite)  # [B, Nn, E]
-    ref = _native.tensor_ref
-    cpu_native().second_order_effects_cpu(
-        ref(attn),
-        ref(ln_std),
-        ref(activations),
-        ref(directions),
-        ref(scale),
-        None if offset is None else ref(offset),
-        list(layers),
-        ref(out),
-    )
-    return out
-
-
-def _launch_cuda(
-    native: object,
-    stream: int,
-    attn: Tensor,
-    ln_std: Tensor,
-    activations: Tensor,
-    directions: Tensor,
-    scale: Tensor,
-    offset: Tensor | None,
-    layers: list[int],
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
-) -> Tensor:
-    out = _prepare(attn, ln_std, activations, directions, scale, offset, layers, out_dtype, check_finite)  # [B, Nn, E]
-    accumulate = torch.float64 if attn.dtype == torch.float64 else torch.float32
-    pairs = len(layers) * attn.shape[2]
-    workspace = torch.empty((attn.shape[0], pairs, activations.shape[2]), dtype=accumulate, device=attn.device)
-    ref = _native.tensor_ref
-    native.second_order_effects_cuda(  # type: ignore[attr-defined]
-        ref(attn),
-        ref(ln_std),
-        ref(activations),
-        ref(directions),
-        ref(scale),
-        None if offset is None else ref(offset),
-        list(layers),
-        ref(workspace),  # [B, P, Nn]: the per-image coefficients
-        ref(out),
-        stream,
-    )
-    return out
-
-
-register_cuda(_second_order_op, _launch_cuda)
-
-
-@register_fake(_second_order_op)
-def _(
-    attn: Tensor,
-    ln_std: Tensor,
-    activations: Tensor,
-    directions: Tensor,
-    scale: Tensor,
-    offset: Tensor | None,
-    layers: list[int],
-    out_dtype: torch.dtype | None,
-    check_finite: bool,
-) -> Tensor:
-    _check_arguments(attn, ln_std, activations, directions, scale, offset, layers, out_dtype)
-    shape = (attn.shape[0], activations.shape[2], directions.shape[3])
-    return attn.new_empty(shape, dtype=out_dtype or attn.dtype)
+    neurons = activations.shape[2]
+    out = attn.new_empty((batch, neurons, directions.shape[3]), dtype=out_dtype or attn.dtype)  # [B, Nn, E]
+    workspace: tuple[Tensor, ...] = ()
+    if target.cuda_source:
+        accumulate = torch.float64 if attn.dtype == torch.float64 else torch.float32
+        workspace = (attn.new_empty((batch, len(layers) * heads, neurons), dtype=accumulate),)  # [B, P, Nn]
+    return Native(out, args=(attn, ln_std, activations, directions, scale, offset, layers, out), workspace=workspace)
 
 
 # The autograd context is torch's dynamic per-call object: it carries torch's own fields
@@ -305,8 +194,5 @@ def second_order_effects(
         layer_list = list(range(attn.shape[1])) if attn.dim() == 4 else []
     else:
         layer_list = check.integers(layers, "layers")  # [1.7] or [True] is a TypeError, not layer 1
-    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
-        check.fail("out_dtype", f"must be a torch.dtype or None, got {type(out_dtype).__name__}", TypeError)
-    return torch.ops.vision_kernels.second_order_effects(
-        attn, ln_std, activations, directions, scale, offset, layer_list, out_dtype, check_finite
-    )
+    check.out_dtype(out_dtype)
+    return _second_order_op(attn, ln_std, activations, directions, scale, offset, layer_list, out_dtype, check_finite)

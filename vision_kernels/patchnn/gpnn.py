@@ -18,7 +18,6 @@ VGPNN (videos, 3x7x7 patches) uses the same machinery.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -26,9 +25,9 @@ import torch
 from torch import Tensor
 
 from .._progress import progress
-from ..ops.patch_nn import normalize_patch_size, patch_vote, valid_patch_mask
+from ..ops.patch_nn import normalize_patch_size, patch_vote, valid_patch_mask, validate_alpha
 from .pyramid import build_pyramid, level_scales, resize, scaled_shapes
-from .search import EXACT_WORK_LIMIT, SEARCH_METHODS, choose_search, search_patches
+from .search import EXACT_WORK_LIMIT, SEARCH_METHODS, resolve_search, search_patches
 
 __all__ = ["GPNNConfig", "INITIAL_GUESSES", "initial_guess", "pnn_step", "synthesize", "as_video", "pyramid_plan"]
 
@@ -137,8 +136,7 @@ class GPNNConfig:
             raise ValueError(f"{name}: argument 'iterations' must be >= 1, got {self.iterations}")
         if self.coarsest_iterations is not None and self.coarsest_iterations < 1:
             raise ValueError(f"{name}: argument 'coarsest_iterations' must be >= 1, got {self.coarsest_iterations}")
-        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"{name}: argument 'alpha' must be None or > 0, got {self.alpha}")
+        validate_alpha(self.alpha, name)
         if self.initial_guess not in INITIAL_GUESSES:
             raise ValueError(
                 f"{name}: argument 'initial_guess' must be one of {INITIAL_GUESSES}, got {self.initial_guess!r}"
@@ -275,17 +273,16 @@ class _Plan:
             guide_out = resize(self.guides[0], self.output_shapes[level])  # [T, H, W, G]
             guide_src = resize(self.guides[1], self.source_shapes[level])
         channels = values.shape[-1] + (0 if guide_out is None else guide_out.shape[-1])
-        level_config = config
-        if config.search == "auto":
-            method = choose_search(
-                (*self.output_shapes[level], channels),
-                (*self.source_shapes[level], channels),
-                config.patch,
-                alpha=config.alpha,
-                exact_limit=config.exact_limit,
-                query_count=None if query_mask is None else int(query_mask.sum()),
-            )
-            level_config = config.with_(search=method)
+        method = resolve_search(
+            config.search,
+            (*self.output_shapes[level], channels),
+            (*self.source_shapes[level], channels),
+            config.patch,
+            alpha=config.alpha,
+            query_mask=query_mask,
+            exact_limit=config.exact_limit,
+        )
+        level_config = config.with_(search=method)
         return _Level(
             values=values,
             first_keys=first_keys,

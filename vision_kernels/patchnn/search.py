@@ -29,6 +29,7 @@ __all__ = [
     "EXACT_WORK_LIMIT",
     "VIDEO_EXACT_WORK_LIMIT",
     "choose_search",
+    "resolve_search",
     "search_patches",
     "faiss_patch_nn",
 ]
@@ -90,6 +91,31 @@ def choose_search(
     return method
 
 
+def resolve_search(
+    method: str,
+    queries: Tensor | Sequence[int],
+    keys: Tensor | Sequence[int],
+    patch_size: int | Sequence[int],
+    *,
+    alpha: float | None = None,
+    query_mask: Tensor | None = None,
+    exact_limit: float = EXACT_WORK_LIMIT,
+    log: bool = True,
+) -> str:
+    """The backend a search with ``method`` runs: ``method`` itself, or for ``"auto"`` the choice of
+    :func:`choose_search` for these inputs or their shapes (logged when ``log``). The one place
+    ``"auto"`` is resolved; callers keep the returned name (e.g. to reuse it for every iteration of a
+    pyramid level)."""
+    if method != "auto":
+        return method
+    count = None if query_mask is None else int(query_mask.sum())
+    query_shape = tuple(queries.shape) if isinstance(queries, Tensor) else tuple(queries)
+    key_shape = tuple(keys.shape) if isinstance(keys, Tensor) else tuple(keys)
+    return choose_search(
+        query_shape, key_shape, patch_size, alpha=alpha, exact_limit=exact_limit, query_count=count, log=log
+    )
+
+
 def search_patches(
     queries: Tensor,
     keys: Tensor,
@@ -107,11 +133,9 @@ def search_patches(
 ) -> PatchNNResult:
     """Nearest key patch of every query patch with the chosen backend (inputs ``[T, H, W, C]``;
     ``method="auto"``: see :func:`choose_search`)."""
-    if method == "auto":
-        count = None if query_mask is None else int(query_mask.sum())
-        method = choose_search(
-            queries.shape, keys.shape, patch_size, alpha=alpha, exact_limit=exact_limit, query_count=count, log=False
-        )
+    method = resolve_search(
+        method, queries, keys, patch_size, alpha=alpha, query_mask=query_mask, exact_limit=exact_limit, log=False
+    )
     if method == "exact":
         return patch_nn(queries, keys, patch_size, alpha=alpha, query_mask=query_mask, key_mask=key_mask)
     if method == "patchmatch":

@@ -1,6 +1,6 @@
 """Plain-PyTorch ground truth for vision_kernels.ops.patch_nn (space-time patch nearest neighbours).
 
-Conventions shared with the kernels (csrc/patch_nn/patch_nn.h):
+Conventions shared with the kernels (csrc/patch_nn/patch.h):
 
 * inputs are ``[T, H, W, C]`` arrays (an image is ``T = 1``); a patch of size ``(pt, ph, pw)`` at
   grid position ``(t, y, x)`` holds ``x[t + dt, y + dy, x + dx, c]`` in the order ``(dt, dy, dx, c)``,
@@ -267,7 +267,7 @@ def _uniform_in(bits: Tensor, lo: Tensor | int, hi: Tensor | int) -> Tensor:
 
 
 class _MatchReference:
-    """The PatchMatch of csrc/patch_nn/patch_nn.h ("PatchMatch"), vectorized over queries."""
+    """The PatchMatch of csrc/patch_nn/patch.h ("PatchMatch"), vectorized over queries."""
 
     def __init__(self, queries, keys, patch, query_mask, key_mask, key_den, seed) -> None:
         self.q = unfold_patches(queries, patch).reshape(-1, queries.shape[-1] * patch[0] * patch[1] * patch[2])
