@@ -9,11 +9,20 @@
 * :func:`tolerances` gives the fp32/fp64 tolerances used across the test-suite.
 * :func:`each_tensor_moved` and :class:`DLPackProducer` build bad-input cases: every tensor argument in
   turn on another device (the meta device by default), and a foreign array exposing only DLPack.
+* :func:`run_ranks` runs a command as N gloo ranks on this machine (the environment torchrun sets),
+  for tests of distributed code without torchrun.
+* :class:`OpSample` and the ``check_*`` functions are the contract every op meets (thread-count
+  consistency, ``torch.library.opcheck``, bad-device/dtype/shape errors naming the argument,
+  emulated CUDA kernel = CPU kernel); each family lists its samples in
+  ``python_tests/<family>/samples.py`` and ``python_tests/test_op_contracts.py`` runs every check on each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +37,7 @@ __all__ = [
     "max_abs_error",
     "each_tensor_moved",
     "DLPackProducer",
+    "run_ranks",
 ]
 
 
@@ -123,3 +133,48 @@ class DLPackProducer:
 
     def __dlpack_device__(self) -> Any:
         return self._array.__dlpack_device__()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(
+    command: Sequence[Any],
+    world: int = 2,
+    *,
+    env: Mapping[str, str] | None = None,
+    capture: bool = False,
+    timeout: float = 600,
+) -> list[subprocess.CompletedProcess]:
+    """Run ``command`` as ``world`` processes, ranks 0..world-1 of one gloo group on this machine.
+
+    Each gets the variables torchrun would set (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT`` on a free port), ``VK_PROGRESS=0`` and ``OMP_NUM_THREADS=1``
+    (``env`` adds or overrides variables). Returns one ``CompletedProcess`` per rank, in rank order,
+    with ``stdout``/``stderr`` as text when ``capture``; the caller asserts on the return codes. A rank
+    still running after ``timeout`` seconds is killed (with every other) and ``TimeoutExpired`` raised.
+    """
+    port = str(_free_port())
+    argv = [str(word) for word in command]
+    pipe = subprocess.PIPE if capture else None
+    processes = []
+    try:
+        for rank in range(world):
+            variables = dict(os.environ, VK_PROGRESS="0", OMP_NUM_THREADS="1")
+            variables.update(env or {})
+            variables.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                             MASTER_PORT=port)  # fmt: skip
+            processes.append(subprocess.Popen(argv, env=variables, stdout=pipe, stderr=pipe, text=True))
+        results = []
+        for process in processes:
+            out, err = process.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(argv, process.returncode, out, err))
+        return results
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

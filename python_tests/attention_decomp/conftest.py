@@ -1,89 +1,61 @@
-"""Shared fixtures of the CLIP tests: random-weight models (no downloads) and helpers."""
+"""Fixtures of the attention_decomp tests. The random-weight CLIP models are in ../conftest.py (shared with
+second_order/); here: synthetic image sources for the dataset-run tests (class folders, list files,
+webdataset shards)."""
 
 from __future__ import annotations
 
-import logging
+import io
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from torch import nn
+from PIL import Image
 
 
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max over images of ``|got - want| / |want|`` (row norms, float64)."""
-    got, want = got.double(), want.double()
-    return float(((got - want).norm(dim=-1) / want.norm(dim=-1)).max())
+def synthetic_image(seed: int, size: int = 40) -> Image.Image:
+    """A random RGB image whose mean color depends on ``seed % 3`` (so classes differ a little)."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros(3)
+    base[seed % 3] = 120
+    pixels = np.clip(base + rng.integers(0, 136, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
 
 
-def perturb(module: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
-    """Add noise to every parameter so that LayerNorm gains/biases, LayerScale etc. are not trivial."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(std * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return module
+def make_class_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40) -> Path:
+    """``root/class_k/img_j.png`` images (deterministic content)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(classes):
+        folder = root / f"class_{k}"
+        folder.mkdir(exist_ok=True)
+        for j in range(per_class):
+            synthetic_image(1000 * k + j, size).save(folder / f"img_{j:03d}.png")
+    return root
 
 
-def tiny_vit(**options: object) -> nn.Module:
-    """A small open_clip VisionTransformer (32 px, 8 px patches, width 64, 2 layers, 4 heads), perturbed."""
-    from open_clip.transformer import VisionTransformer
-
-    config = {
-        "image_size": 32,
-        "patch_size": 8,
-        "width": 64,
-        "layers": 2,
-        "heads": 4,
-        "mlp_ratio": 2.0,
-        "output_dim": 24,
-    }
-    config.update(options)
-    torch.manual_seed(0)
-    return perturb(VisionTransformer(**config)).eval()
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-@pytest.fixture(scope="session")
-def open_clip_model():
-    """Factory of random-weight open_clip models by name, built once per session."""
-    import open_clip
+class SmallTransform:
+    """PIL image -> ``[3, 16, 16]`` float tensor in [0, 1] (picklable, for DataLoader workers)."""
 
-    logging.getLogger().setLevel(logging.ERROR)  # "No pretrained weights loaded" is expected
-    cache: dict[str, nn.Module] = {}
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        array = np.asarray(image.resize((16, 16)), dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
-    def get(name: str) -> nn.Module:
-        if name not in cache:
-            torch.manual_seed(0)
-            cache[name] = open_clip.create_model(name).eval()
-        return cache[name]
 
-    return get
+class Synthetic:
+    """The helpers above, handed to tests by the ``synth`` fixture (test modules cannot import conftest)."""
+
+    image = staticmethod(synthetic_image)
+    class_folder = staticmethod(make_class_folder)
+    png_bytes = staticmethod(png_bytes)
+    SmallTransform = SmallTransform
 
 
 @pytest.fixture(scope="session")
-def tiny_clip():
-    """A small open_clip CLIP with both towers (fast text encoding)."""
-    import open_clip
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-
-    torch.manual_seed(0)
-    model = open_clip.CLIP(
-        embed_dim=32,
-        vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=16, image_size=32, patch_size=8, mlp_ratio=2.0),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
-    )
-    return perturb(model).eval()
-
-
-@pytest.fixture(scope="session")
-def rel_err():
-    return relative_error
-
-
-@pytest.fixture(scope="session")
-def make_tiny_vit():
-    return tiny_vit
-
-
-@pytest.fixture(scope="session")
-def perturbed():
-    return perturb
+def synth() -> type[Synthetic]:
+    return Synthetic

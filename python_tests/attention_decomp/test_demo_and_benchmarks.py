@@ -13,7 +13,7 @@ def test_benchmark_cases_are_registered_and_their_contenders_agree() -> None:
     from vision_kernels.bench.harness import CASES
 
     load_cases()
-    clip_cases = {c.name: c for c in CASES if c.family == "clip"}
+    clip_cases = {c.name: c for c in CASES if c.module == "attention_decomp"}
     assert len(clip_cases) == 5
     op_case = next(c for name, c in clip_cases.items() if name.startswith("attention_decomposition op"))
     contenders = op_case.setup(True)
@@ -25,15 +25,15 @@ def test_benchmark_cases_are_registered_and_their_contenders_agree() -> None:
 def test_demo_section_quick(tmp_path: Path) -> None:
     from vision_kernels.demo import SECTIONS, run_demo
 
-    assert "clip" in SECTIONS
-    files = run_demo(tmp_path, sections=["clip"], quick=True, benchmarks=False)
+    assert "attention_decomp" in SECTIONS
+    files = run_demo(tmp_path, sections=["attention_decomp"], quick=True, benchmarks=False)
     names = {f.name for f in files}
     assert names == {"decomposition.md", "layer_contributions.png", "textspan.md", "heatmaps.png"}
-    report = (tmp_path / "clip" / "decomposition.md").read_text()
+    report = (tmp_path / "attention_decomp" / "decomposition.md").read_text()
     errors = [
         float(line.split("|")[2])
         for line in report.splitlines()
         if line.startswith("| per_term") or line.startswith("| even_split")
     ]
     assert len(errors) == 2 and max(errors) < 1e-5
-    assert "| 1 |" in (tmp_path / "clip" / "textspan.md").read_text()
+    assert "| 1 |" in (tmp_path / "attention_decomp" / "textspan.md").read_text()

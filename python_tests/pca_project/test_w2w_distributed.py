@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,39 +11,15 @@ import torch
 
 from vision_kernels.cli import main
 from vision_kernels.runs import RunReader
+from vision_kernels.testing import run_ranks
 from vision_kernels.weightspace import MatrixWriter, WeightSpace, open_run_rows
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _two_ranks(*argv: object) -> list[subprocess.CompletedProcess]:
     """``python -m vision_kernels.cli ARGV`` as ranks 0 and 1 of a gloo group (what torchrun sets up)."""
-    port = _free_port()
-    processes = []
-    for rank in range(2):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            WORLD_SIZE="2",
-            LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-            VK_PROGRESS="0",
-        )
-        command = [sys.executable, "-m", "vision_kernels.cli", *[str(a) for a in argv]]
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for process in processes:
-        out, err = process.communicate(timeout=600)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    return results
+    return run_ranks([sys.executable, "-m", "vision_kernels.cli", *argv], capture=True)
 
 
 def test_collect_and_fit_on_two_ranks_equal_one_process(tmp_path: Path, planted_folder: Path) -> None:

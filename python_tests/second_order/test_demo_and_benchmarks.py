@@ -14,7 +14,7 @@ def _cases() -> dict:
     from vision_kernels.bench.harness import CASES
 
     load_cases()
-    return {c.name: c for c in CASES if c.family == "clip_neurons"}
+    return {c.name: c for c in CASES if c.module == "second_order"}
 
 
 def test_benchmark_cases_are_registered() -> None:
@@ -69,8 +69,8 @@ def test_single_run_contenders_are_called_once() -> None:
 def test_demo_section_quick(tmp_path: Path) -> None:
     from vision_kernels.demo import SECTIONS, run_demo
 
-    assert "clip_neurons" in SECTIONS
-    files = run_demo(tmp_path, sections=["clip_neurons"], quick=True, benchmarks=False)
+    assert "second_order" in SECTIONS
+    files = run_demo(tmp_path, sections=["second_order"], quick=True, benchmarks=False)
     names = {f.name for f in files}
     assert names == {
         "second_order.md",
@@ -81,8 +81,8 @@ def test_demo_section_quick(tmp_path: Path) -> None:
         "interpret_neighbors.md",
         "interpret_segmentation.png",
     }
-    report = (tmp_path / "clip_neurons" / "second_order.md").read_text()
+    report = (tmp_path / "second_order" / "second_order.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| factorized kernel"))
     assert float(row.strip("| ").split("|")[-1]) < 1e-4  # relative error vs the direct definition
-    neighbours = (tmp_path / "clip_neurons" / "interpret_neighbors.md").read_text()
+    neighbours = (tmp_path / "second_order" / "interpret_neighbors.md").read_text()
     assert len(re.findall(r": -?\d\.\d\d", neighbours)) == 3 * 4 * 4  # 3 searches x 4 queries x k=4

@@ -15,6 +15,7 @@ import torch
 import vision_kernels.clip as vc
 from vision_kernels.clip.neuron_candidates import merge, select
 from vision_kernels.clip.neuron_runs import load_neuron_statistics, run_neuron_statistics, save_neuron_statistics
+from vision_kernels.testing import run_ranks
 
 NEURONS = [1, 5, 9, 77, 100]
 
@@ -144,12 +145,12 @@ _RANK_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_equal_one_in_memory(tmp_path: Path, run_ranks) -> None:
+def test_two_gloo_ranks_equal_one_in_memory(tmp_path: Path) -> None:
     script = tmp_path / "rank.py"
     script.write_text(_RANK_SCRIPT)
     env = dict(os.environ, VK_PROGRESS="0")
     subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], check=True, timeout=600, env=env)
-    run_ranks([sys.executable, str(script), str(tmp_path / "two.pt")])
+    assert [r.returncode for r in run_ranks([sys.executable, script, tmp_path / "two.pt"])] == [0, 0]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert torch.equal(one["top_images"], two["top_images"])
     for name in ("mean", "top_norms", "principal", "explained"):  # batches differ (6 + 7 images): float32 rounding
@@ -184,22 +185,8 @@ _FAILING_RANK = textwrap.dedent(
 def test_a_failing_rank_stops_every_rank(tmp_path: Path) -> None:
     script = tmp_path / "fail.py"
     script.write_text(_FAILING_RANK)
-    port = __import__("socket").socket()
-    port.bind(("127.0.0.1", 0))
-    number = port.getsockname()[1]
-    port.close()
-    processes = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(number), VK_PROGRESS="0")  # fmt: skip
-        processes.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], env=env,
-                                          stdout=subprocess.PIPE, text=True))  # fmt: skip
-    try:
-        outputs = [p.communicate(timeout=600)[0] for p in processes]  # would hang without the check
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in processes] == [3, 3]
+    results = run_ranks([sys.executable, script, tmp_path / "run"], capture=True)  # would hang without the check
+    outputs = [r.stdout for r in results]
+    assert [r.returncode for r in results] == [3, 3]
     assert "rank 0: RuntimeError: " in outputs[0] and "another rank failed" in outputs[0]
     assert "rank 1: OSError: disk gone on rank 1" in outputs[1]

@@ -19,6 +19,7 @@ import torch
 import vision_kernels.clip as vc
 from vision_kernels.clip import scale_cli
 from vision_kernels.clip.neuron_runs import load_neuron_statistics
+from vision_kernels.testing import run_ranks
 
 TINY = {
     "embed_dim": 32,
@@ -200,12 +201,13 @@ _RANK_CLI = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_equal_one_cli(world, tmp_path, run_ranks) -> None:
+def test_two_gloo_ranks_equal_one_cli(world, tmp_path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     assert scale_cli.main(_neurons_argv(world, one)) == 0
     script = tmp_path / "cli.py"
     script.write_text(_RANK_CLI)
-    run_ranks([sys.executable, str(script), str(world["config"]), *_neurons_argv(world, two)])
+    cli = [sys.executable, script, world["config"]]
+    assert [r.returncode for r in run_ranks([*cli, *_neurons_argv(world, two)])] == [0, 0]
     assert _shard_bytes(one / "sums") == _shard_bytes(two / "sums")  # shards do not depend on the ranks
     a, _ = load_neuron_statistics(one / "statistics.safetensors")
     b, _ = load_neuron_statistics(two / "statistics.safetensors")
@@ -216,7 +218,7 @@ def test_two_gloo_ranks_equal_one_cli(world, tmp_path, run_ranks) -> None:
     build = ["index", "build", *_model_args(world), "--images", str(world["images"]), "--layers", "2",
              "--groups", "mix=1:0+2:3", "--shard-size", "6"]  # fmt: skip
     assert scale_cli.main([*build, "--out", str(db_one)]) == 0
-    run_ranks([sys.executable, str(script), str(world["config"]), *build, "--out", str(db_two)])
+    assert [r.returncode for r in run_ranks([*cli, *build, "--out", db_two])] == [0, 0]
     loaded, _, _, images = _loaded(world)
     first, second = vc.HeadIndex.load(db_one, loaded.model), vc.HeadIndex.load(db_two, loaded.model)
     assert first.ids == second.ids and not (tmp_path / "db2.parts").exists()

@@ -27,6 +27,13 @@ def load_cases() -> None:
         importlib.import_module(f"{cases.__name__}.{module.name}")
 
 
+def family_ids() -> list[str]:
+    """What ``--family`` accepts: every family id, then every cases module that is not itself a family id."""
+    families = sorted({c.family for c in CASES})
+    modules = sorted({c.module for c in CASES} - set(families))
+    return families + modules
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else (f"{value:.3g}" if value < 100 else f"{value:.0f}")
 
@@ -95,7 +102,7 @@ def run(
         c
         for c in CASES
         if (not quick or c.quick)
-        and (family is None or c.family == family)
+        and (family is None or c.selected_by(family))
         and (name_filter is None or name_filter in c.name)
     ]
     limits = ceilings()
@@ -123,12 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats, quick cases only")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
-    parser.add_argument("--family", help="only this family (e.g. distance, clip, patch_nn, pca, cc_conv)")
+    parser.add_argument("--family", help="only this family id or cases module (the ids are listed below)")
     parser.add_argument("--case", dest="name_filter", help="only cases whose name contains this text")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    load_cases()
+    parser.epilog = "family ids: " + ", ".join(family_ids())
     args = parser.parse_args(argv)
+    if args.family is not None and args.family not in family_ids():
+        parser.error(f"--family: unknown id {args.family!r}; choose from {', '.join(family_ids())}")
     if args.list:
-        load_cases()
         for c in CASES:
             print(f"{c.family}: {c.name}{'' if c.quick else '  (full runs only)'}")
         return 0

@@ -23,6 +23,8 @@ import torch
 
 from .._files import save_figure, write_text_atomic
 
+ORDER = 20  # place in the demo run (vision_kernels.demo discovers the sections)
+
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket")
 HEATMAP_TEXTS = ("an astronaut", "a cat", "a cup of coffee", "a rocket")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -30,6 +30,8 @@ from ..patchnn import (
 )
 from ..patchnn.video_io import write_frame_strip
 
+ORDER = 70  # place in the demo run (vision_kernels.demo discovers the sections)
+
 FPS = 8.0
 
 

@@ -26,6 +26,8 @@ import torch
 
 from .._files import save_figure, write_text_atomic
 
+ORDER = 50  # place in the demo run (vision_kernels.demo discovers the sections)
+
 SIZE = 8
 
 

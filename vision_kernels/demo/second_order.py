@@ -23,7 +23,9 @@ from typing import Any
 import torch
 
 from .._files import save_figure, write_text_atomic
-from .clip import HEATMAP_TEXTS, SAMPLES, _images, _model
+from .attention_decomp import HEATMAP_TEXTS, SAMPLES, _images, _model
+
+ORDER = 60  # place in the demo run (vision_kernels.demo discovers the sections)
 
 
 def _timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:

@@ -1,4 +1,5 @@
-"""Plain-PyTorch ground truth for vision_kernels.ops.pca (weight-space PCA, weights2weights).
+"""Plain-PyTorch ground truth of the pca_project family's ops, ``pca_project`` and ``pca_reconstruct``
+(weight-space PCA, weights2weights).
 
     project:      c = ((w - mu) / sigma) @ V          w: [B, D], V: [D, K] -> c: [B, K]
     reconstruct:  w = (c @ V^T) * sigma + mu          c: [B, K]            -> w: [B, D]

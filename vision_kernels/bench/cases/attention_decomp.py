@@ -1,4 +1,4 @@
-"""Benchmark cases of the CLIP decomposition (family "clip").
+"""Benchmark cases of the CLIP decomposition (family "attention_decomp").
 
 Targets of issue 3, all on CPU with a random-weight open_clip ViT-B-32 at 224 px, batch 8:
 
@@ -66,23 +66,28 @@ def _decomposition_case(per_token: bool, quick: bool, dtype: torch.dtype | None 
     )
 
 
-@case("clip", "decompose ViT-B-32 224px batch 8, summed over tokens (quick: batch 1)", repeats=3)
+@case("attention_decomp", "decompose ViT-B-32 224px batch 8, summed over tokens (quick: batch 1)", repeats=3)
 def decompose_summed(quick: bool) -> Contenders:
     return _decomposition_case(per_token=False, quick=quick)
 
 
-@case("clip", "decompose ViT-B-32 224px batch 8, per token [B, L, H, N, E] (quick: batch 1)", repeats=3)
+@case("attention_decomp", "decompose ViT-B-32 224px batch 8, per token [B, L, H, N, E] (quick: batch 1)", repeats=3)
 def decompose_per_token(quick: bool) -> Contenders:
     return _decomposition_case(per_token=True, quick=quick)
 
 
-@case("clip", "decompose ViT-B-32 224px batch 8, per token, fp16 terms (quick: batch 1)", quick=False, repeats=3)
+@case(
+    "attention_decomp",
+    "decompose ViT-B-32 224px batch 8, per token, fp16 terms (quick: batch 1)",
+    quick=False,
+    repeats=3,
+)
 def decompose_per_token_fp16(quick: bool) -> Contenders:
     """The caller's output dtype: fp16 terms halve the [B, L, H, N, E] output that bounds the peak memory."""
     return _decomposition_case(per_token=True, quick=quick, dtype=torch.float16)
 
 
-@case("clip", "attention_decomposition op, ViT-B-32 shapes batch 8 per token (quick: batch 2)")
+@case("attention_decomp", "attention_decomposition op, ViT-B-32 shapes batch 8 per token (quick: batch 2)")
 def op_per_token(quick: bool) -> Contenders:
     from vision_kernels.ops import attention_decomposition
     from vision_kernels.reference.attention_decomp import attention_decomposition as reference
@@ -101,7 +106,9 @@ def op_per_token(quick: bool) -> Contenders:
 
 
 @case(
-    "clip", "text_span covariance vs direct form, 10,000 images x 3,500 texts, 10 texts (quick: 2,000 x 700)", repeats=3
+    "attention_decomp",
+    "text_span covariance vs direct form, 10,000 images x 3,500 texts, 10 texts (quick: 2,000 x 700)",
+    repeats=3,
 )
 def textspan_forms(quick: bool) -> Contenders:
     from vision_kernels.clip import text_span

@@ -1,4 +1,4 @@
-"""Benchmark case of the dataset-scale ``clip decompose`` command (family "clip_runs", issue 13).
+"""Benchmark case of the dataset-scale ``clip decompose`` command (issue 13; family "attention_decomp").
 
 Target: images per second of :func:`vision_kernels.clip.runs.decompose_run` (terms summed over
 tokens, float16 storage, shards written and checksummed, model built inside the call) over a folder
@@ -104,7 +104,7 @@ def _run_case(count: int, batch: int, workers: int, quick: bool) -> Contenders:
 
 
 @case(
-    "clip_runs",
+    "attention_decomp",
     "clip decompose ViT-B-32, 2,000 images, batch 64, fp16 shards vs encode_image loop (quick: 16 images, batch 8)",
     repeats=1,
 )

@@ -13,7 +13,7 @@ import torch
 from vision_kernels.bench.harness import Contenders, KeepLast, LazyMetrics, case
 from vision_kernels.ops import patch_match, patch_nn
 
-FAMILY = "vgpnn"
+FAMILY = "patch_nn"
 PATCH = (3, 7, 7)
 
 

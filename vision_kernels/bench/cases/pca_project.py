@@ -26,7 +26,7 @@ import torch
 
 from vision_kernels.bench.harness import Contenders, case
 from vision_kernels.ops import pca_project, pca_reconstruct
-from vision_kernels.reference import pca as reference
+from vision_kernels.reference import pca_project as reference
 
 FULL = (5000, 99_648, 1000)
 QUICK = (800, 16_000, 160)
@@ -80,27 +80,27 @@ def _reconstruct_case(quick: bool, dtype: torch.dtype) -> Contenders:
     )
 
 
-@case("pca", "pca_project 5000x99648x1000 bf16 storage (quick: 800x16000x160)", repeats=3)
+@case("pca_project", "pca_project 5000x99648x1000 bf16 storage (quick: 800x16000x160)", repeats=3)
 def project_bf16(quick: bool) -> Contenders:
     return _project_case(quick, torch.bfloat16)
 
 
-@case("pca", "pca_project 5000x99648x1000 fp32 (quick: 800x16000x160)", repeats=3)
+@case("pca_project", "pca_project 5000x99648x1000 fp32 (quick: 800x16000x160)", repeats=3)
 def project_fp32(quick: bool) -> Contenders:
     return _project_case(quick, torch.float32)
 
 
-@case("pca", "pca_reconstruct 5000x99648x1000 bf16 storage (quick: 800x16000x160)", repeats=3)
+@case("pca_project", "pca_reconstruct 5000x99648x1000 bf16 storage (quick: 800x16000x160)", repeats=3)
 def reconstruct_bf16(quick: bool) -> Contenders:
     return _reconstruct_case(quick, torch.bfloat16)
 
 
-@case("pca", "pca_reconstruct 5000x99648x1000 fp32 (quick: 800x16000x160)", repeats=3)
+@case("pca_project", "pca_reconstruct 5000x99648x1000 fp32 (quick: 800x16000x160)", repeats=3)
 def reconstruct_fp32(quick: bool) -> Contenders:
     return _reconstruct_case(quick, torch.float32)
 
 
-@case("pca", "inversion step: reconstruct 1 model + gradient, 99648x1000 bf16 basis (quick: 16000x160)")
+@case("pca_project", "inversion step: reconstruct 1 model + gradient, 99648x1000 bf16 basis (quick: 16000x160)")
 def inversion_step(quick: bool) -> Contenders:
     _, dims, components = QUICK if quick else FULL
     mean, std, basis = _space(dims, components, torch.bfloat16)
@@ -139,7 +139,11 @@ def _planted_matrix(path: Path, rows: int, dims: int, rank: int) -> None:
             writer.append(block.mul_(scale).add_(mean))
 
 
-@case("pca", "fit_streaming 5000x99648 -> 1000 comps from disk vs svd_lowrank (quick: 500x10000 -> 100)", repeats=1)
+@case(
+    "pca_project",
+    "fit_streaming 5000x99648 -> 1000 comps from disk vs svd_lowrank (quick: 500x10000 -> 100)",
+    repeats=1,
+)
 def fit_streaming_case(quick: bool) -> Contenders:
     from vision_kernels.weightspace import FileRows, fit_streaming
 

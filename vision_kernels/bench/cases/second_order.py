@@ -1,4 +1,4 @@
-"""Benchmark cases of the CLIP-neuron family (family "clip_neurons"), all on CPU.
+"""Benchmark cases of the CLIP-neuron family (family "second_order"), all on CPU.
 
 * The fused second-order kernel against its einsum reference at ViT-B-32 shapes (MLP layer 9: 2 later layers
   x 12 heads, 3072 neurons, 50 tokens, 512-d embedding).
@@ -36,7 +36,7 @@ def _model() -> Any:  # an open_clip CLIP model (open_clip ships no type informa
     return open_clip.create_model("ViT-B-32").eval()
 
 
-@case("clip_neurons", "second_order_effects op, ViT-B-32 layer 9 shapes, batch 32 x 3072 neurons (quick: 4 x 512)")
+@case("second_order", "second_order_effects op, ViT-B-32 layer 9 shapes, batch 32 x 3072 neurons (quick: 4 x 512)")
 def op_b32(quick: bool) -> Contenders:
     from vision_kernels.ops import second_order_effects
     from vision_kernels.reference.second_order import second_order_effects as reference
@@ -58,7 +58,7 @@ def op_b32(quick: bool) -> Contenders:
 
 
 @case(
-    "clip_neurons",
+    "second_order",
     "neuron_effects ViT-B-32 224px, MLP layer 9, all 3072 neurons, batch 2, vs the direct definition "
     "(quick: 1 image, 64 neurons)",
     repeats=2,
@@ -100,7 +100,7 @@ def _omp_problem(directions: int, texts: int, embed: int) -> tuple[torch.Tensor,
 
 
 @case(
-    "clip_neurons",
+    "second_order",
     "orthogonal_matching_pursuit 512 directions x 30,000 texts x 128 non-zeros vs scikit-learn "
     "(quick: 32 x 2,000 x 16)",
     repeats=2,
@@ -167,7 +167,7 @@ def _identity():
     return ModelIdentity("synthetic per-head contributions", "0" * 64)
 
 
-@case("clip_neurons", "HeadIndex flat build, 1,000,000 x 512 contributions (quick: 20,000)", repeats=2)
+@case("second_order", "HeadIndex flat build, 1,000,000 x 512 contributions (quick: 20,000)", repeats=2)
 def index_flat_build(quick: bool) -> Contenders:
     import faiss
     import numpy as np
@@ -194,7 +194,7 @@ def index_flat_build(quick: bool) -> Contenders:
     )
 
 
-@case("clip_neurons", "HeadIndex IVF build (nlist 1024), 1,000,000 x 512 contributions (quick: 20,000, nlist 64)",
+@case("second_order", "HeadIndex IVF build (nlist 1024), 1,000,000 x 512 contributions (quick: 20,000, nlist 64)",
       repeats=2)  # fmt: skip
 def index_ivf_build(quick: bool) -> Contenders:
     from vision_kernels.clip import HeadIndex
@@ -215,7 +215,7 @@ def index_ivf_build(quick: bool) -> Contenders:
     return Contenders(ours=build, metrics=metrics, single_run=() if quick else ("ours",))
 
 
-@case("clip_neurons", "HeadIndex query, 1,000 queries k=10 over 1,000,000 x 512 (quick: 20,000): flat vs IVF",
+@case("second_order", "HeadIndex query, 1,000 queries k=10 over 1,000,000 x 512 (quick: 20,000): flat vs IVF",
       repeats=2)  # fmt: skip
 def index_query(quick: bool) -> Contenders:
     from vision_kernels.clip import HeadIndex
