@@ -5,7 +5,6 @@ interop, bad input, threads, 64-bit offsets."""
 from __future__ import annotations
 
 import itertools
-import threading
 
 import numpy as np
 import pytest
@@ -193,15 +192,6 @@ def test_gradients(keep) -> None:
         torch.testing.assert_close(got, t.grad)
 
 
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad) -> None:
-    values, attn, folded, scale, offset = (t.requires_grad_(requires_grad) for t in make_inputs(2, 2, 5, 2, 3, 6))
-    torch.library.opcheck(OP.default, (values, attn, folded, scale, offset, [1, 0], True, True, True, None, True))
-    torch.library.opcheck(
-        OP.default, (values, attn, folded, scale, None, [1], False, False, False, torch.float16, False)
-    )
-
-
 def test_torch_compile_fullgraph() -> None:
     def head_norms(values, attn, folded, scale):
         return attention_decomposition(values, attn, folded, scale, keep_tokens=False).norm(dim=-1)
@@ -332,23 +322,3 @@ def test_64bit_offsets_with_strided_values() -> None:
     got = attention_decomposition(values, attn, folded, scale, check_finite=False)
     want = reference(rows[None, None], attn, folded, scale)
     torch.testing.assert_close(got, want)
-
-
-def test_concurrent_calls_from_python_threads_are_identical() -> None:
-    inputs = make_inputs(4, 3, 50, 4, 16, 64)
-    expected = cpu_kernel(*inputs)
-    results: list[torch.Tensor] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        for _ in range(3):
-            out = cpu_kernel(*inputs)
-            with lock:
-                results.append(out)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 12 and all(torch.equal(r, expected) for r in results)

@@ -3,8 +3,6 @@ contracts, torch.compile, numpy interop, bad input, threads, 64-bit offsets."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -221,44 +219,6 @@ def test_low_precision_gradients(dtype: torch.dtype) -> None:
     assert_low_precision_parity(got_w, low[1], exact[1], what=f"{dtype} grad weight")
 
 
-def test_results_do_not_depend_on_the_thread_count() -> None:
-    grid, x, w, b = make(CASES[0], torch.float32, batch=3, channels=8, out_channels=9)
-    x.requires_grad_()
-    w.requires_grad_()
-    results = []
-    previous = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            out = cpu_forward(x, w, b, grid)
-            results.append((out, *torch.autograd.grad(out, (x, w), torch.ones_like(out))))
-    finally:
-        torch.set_num_threads(previous)
-    for other in results[1:]:
-        for a, e in zip(other, results[0], strict=True):
-            assert torch.equal(a, e)
-
-
-def test_concurrent_calls_from_python_threads_are_identical() -> None:
-    grid, x, w, b = make(CASES[1], torch.float32, batch=4, channels=16, out_channels=16)
-    expected = cpu_forward(x, w, b, grid)
-    results: list[torch.Tensor] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        for _ in range(4):
-            out = cpu_forward(x, w, b, grid)
-            with lock:
-                results.append(out)
-
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 12 and all(torch.equal(r, expected) for r in results)
-
-
 def test_64bit_offsets_with_strided_view() -> None:
     # Images 2^31 + 7 elements apart: offsets exceed int32; untouched pages of torch.empty stay unallocated.
     stride = 2**31 + 7
@@ -273,17 +233,6 @@ def test_64bit_offsets_with_strided_view() -> None:
 
 
 # ---------------------------------------------------------------- torch.library, compile, interop
-
-
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad: bool) -> None:
-    grid, x, w, b = make(CASES[0], torch.float32)
-    args = (x.requires_grad_(requires_grad), w.requires_grad_(requires_grad), b, list(grid.out_size), list(grid.scale))
-    torch.library.opcheck(OPS.cc_conv2d.default, (*args, "zeros", True))
-    torch.library.opcheck(OPS.cc_conv2d.default, (x.detach(), w.detach(), None, args[3], args[4], "replicate", False))
-    grad = torch.randn(2, 5, *grid.out_size)
-    torch.library.opcheck(OPS.cc_conv2d_grad_input.default, (grad, w.detach(), [9, 11], args[4], "zeros"))
-    torch.library.opcheck(OPS.cc_conv2d_grad_weight.default, (grad, x.detach(), [3, 3], args[4], "zeros"))
 
 
 def test_torch_compile_fullgraph() -> None:

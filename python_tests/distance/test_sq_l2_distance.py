@@ -128,14 +128,6 @@ def test_gradients_match_reference() -> None:
     torch.testing.assert_close(gy, y.grad)
 
 
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad: bool) -> None:
-    x = torch.randn(5, 3, requires_grad=requires_grad)
-    y = torch.randn(7, 3, requires_grad=requires_grad)
-    torch.library.opcheck(OP.default, (x, y, True))
-    torch.library.opcheck(OP.default, (x.detach().t().contiguous().t(), y.detach(), False))
-
-
 def test_torch_compile_fullgraph() -> None:
     def nearest(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return sq_l2_distance(x, y).min(dim=1).values.sqrt()
@@ -212,27 +204,6 @@ def test_native_core_checks_its_own_arguments() -> None:
     x, y, out = torch.randn(3, 4), torch.randn(2, 4), torch.empty(3, 3)
     with pytest.raises(ValueError, match=r"argument 'out' must have size 2 in dimension 1 \(M\), got shape \[3, 3\]"):
         _native.cpu_module().sq_l2_distance_cpu(_native.tensor_ref(x), _native.tensor_ref(y), _native.tensor_ref(out))
-
-
-def test_concurrent_calls_from_python_threads_are_identical() -> None:
-    x, y = torch.randn(300, 40), torch.randn(500, 40)
-    expected = sq_l2_distance(x, y)
-    results: list[torch.Tensor] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        for _ in range(5):
-            out = sq_l2_distance(x, y)
-            with lock:
-                results.append(out)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 20
-    assert all(torch.equal(r, expected) for r in results)
 
 
 def test_gil_is_released_during_the_kernel() -> None:

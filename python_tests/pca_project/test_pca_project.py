@@ -4,7 +4,6 @@ fused and blocked paths), every dtype, strides, gradients, torch.library contrac
 from __future__ import annotations
 
 import importlib
-import threading
 
 import numpy as np
 import pytest
@@ -214,21 +213,6 @@ def test_vector_inputs() -> None:
     assert pca_reconstruct(c, mean, std, basis).shape == (30,)
 
 
-def test_results_do_not_depend_on_thread_count() -> None:
-    mean, std, basis = make_space(5000, 40, torch.float32)
-    w = torch.randn(4, 5000)
-    c = torch.randn(4, 40)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = pca_project(w, mean, std, basis), pca_reconstruct(c, mean, std, basis)
-        torch.set_num_threads(2)
-        two = pca_project(w, mean, std, basis), pca_reconstruct(c, mean, std, basis)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
-
-
 def test_64bit_offsets() -> None:
     # Rows 2^31 + 5 elements apart (pages never touched, so memory stays small).
     dims = 6
@@ -277,20 +261,6 @@ def test_reconstruct_gradient_to_coefficients_matches_reference_low_precision_ba
     w = reference.pca_reconstruct(c.detach(), mean, std, basis, torch.float32)
     formula = (2 * (w - target) * std.float()) @ basis.float()
     torch.testing.assert_close(grad, formula, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad) -> None:
-    mean, std, basis = make_space(9, 3, torch.float32)
-    w = torch.randn(4, 9)
-    c = torch.randn(4, 3)
-    big_w, big_c = torch.randn(20, 9), torch.randn(20, 3)
-    for t in (w, c, big_w, big_c, mean, std, basis):
-        t.requires_grad_(requires_grad)
-    torch.library.opcheck(PROJECT.default, (w, mean, std, basis, True))
-    torch.library.opcheck(PROJECT.default, (big_w, None, std, basis, False))
-    torch.library.opcheck(RECONSTRUCT.default, (c, mean, std, basis, None, True))
-    torch.library.opcheck(RECONSTRUCT.default, (big_c, mean, std, basis, torch.float64, False))
 
 
 def test_torch_compile_fullgraph() -> None:
@@ -449,24 +419,3 @@ def test_native_core_checks_its_own_arguments() -> None:
         native.pca_standardize_cpu(ref(w), ref(mean), ref(std.double()), ref(torch.empty(2, 6)))
     with pytest.raises(TypeError, match=r"argument 'out' must have dtype in \{float64\}, got float32"):
         native.pca_destandardize_cpu(ref(w.double()), ref(std.double()), ref(mean.double()), ref(torch.empty(2, 6)))
-
-
-def test_concurrent_calls_from_python_threads_are_identical() -> None:
-    mean, std, basis = make_space(3000, 50, torch.float32)
-    c = torch.randn(2, 50)
-    expected = pca_reconstruct(c, mean, std, basis)
-    results: list[torch.Tensor] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        for _ in range(4):
-            out = pca_reconstruct(c, mean, std, basis, check_finite=False)
-            with lock:
-                results.append(out)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 16 and all(torch.equal(r, expected) for r in results)

@@ -4,8 +4,6 @@ offsets."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -170,13 +168,6 @@ def test_gradients() -> None:
         torch.testing.assert_close(got, t.grad)
 
 
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad) -> None:
-    inputs = tuple(t.requires_grad_(requires_grad) for t in make_inputs(2, 3, 2, 5, 4, 6, s=2))
-    torch.library.opcheck(OP.default, (*inputs, [1, 2], None, True))
-    torch.library.opcheck(OP.default, (*inputs[:5], None, [0, 0], torch.float16, False))
-
-
 def test_torch_compile_fullgraph() -> None:
     def effect_norms(attn, ln_std, act, directions, scale):
         return second_order_effects(attn, ln_std, act, directions, scale).norm(dim=-1)
@@ -330,36 +321,3 @@ def test_64bit_offsets_with_strided_activations() -> None:
     attn, ln_std, _, directions, scale, _ = make_inputs(1, 1, 2, 2, 3, 5)
     got = second_order_effects(attn, ln_std, act, directions, scale, check_finite=False)
     torch.testing.assert_close(got, reference(attn, ln_std, rows[None], directions, scale))
-
-
-def test_concurrent_calls_from_python_threads_are_identical() -> None:
-    inputs = make_inputs(8, 3, 4, 50, 64, 64)
-    expected = cpu_kernel(*inputs)
-    results: list[torch.Tensor] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        for _ in range(3):
-            out = cpu_kernel(*inputs)
-            with lock:
-                results.append(out)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 12 and all(torch.equal(r, expected) for r in results)
-
-
-def test_thread_count_does_not_change_the_result() -> None:
-    inputs = make_inputs(5, 2, 3, 20, 70, 48)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = cpu_kernel(*inputs)
-        torch.set_num_threads(max(2, threads))
-        many = cpu_kernel(*inputs)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(one, many)
