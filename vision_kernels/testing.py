@@ -204,7 +204,7 @@ class OpSample:
     without a default); ``contracts`` the checks that apply (default: all of :data:`CONTRACTS`);
     ``fixed`` the tensor arguments the bad-input checks leave alone (e.g. an index whose dtype
     or shape the op does not check because another argument fixes it); ``rtol``/``atol`` the
-    emulated-vs-CPU tolerance (default :func:`tolerances` of float32, float64 for float64 outputs);
+    emulated-vs-CPU tolerance (default :func:`tolerances` of the least precise floating argument);
     ``grad``: the op has a gradient, so ``opcheck`` runs again with the floating arguments requiring grad.
     """
 
@@ -313,9 +313,10 @@ def check_emulated(sample: OpSample) -> None:
     arguments = sample.arguments()
     want = sample.call(arguments)
     got = emulated(sample.op)(*sample.ordered(arguments))
+    inputs = [v.dtype for v in arguments.values() if _is_float(v)]
+    dtype = min(inputs, key=lambda d: torch.finfo(d).bits) if inputs else torch.float32  # the computation's precision
+    tol = tolerances(dtype)
     for a, b in zip(_outputs(got), _outputs(want), strict=True):
-        dtype = b.dtype if b.is_floating_point() else torch.float32
-        tol = tolerances(torch.float64 if dtype == torch.float64 else torch.float32)
         rtol = tol["rtol"] if sample.rtol is None else sample.rtol
         atol = tol["atol"] if sample.atol is None else sample.atol
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{sample.id}: emulated vs cpu: {m}")

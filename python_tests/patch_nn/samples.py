@@ -29,9 +29,10 @@ def _search(alpha: float | None, masked: bool = False, large: bool = False) -> d
             "pw": 5 if large else 3, "alpha": alpha, "check_finite": not masked}  # fmt: skip
 
 
-def _vote(gaussian: bool) -> dict[str, object]:
-    return {"values": torch.rand(1, 6, 7, 2), "index": torch.randint(-1, 20, (1, 4, 5)),
-            "weights": torch.rand(1, 4, 5) if gaussian else None, "pt": 1, "ph": 3, "pw": 3,
+def _vote(gaussian: bool, height: int = 6, width: int = 7) -> dict[str, object]:
+    grid = (1, height - 2, width - 2)  # [T, H', W'] of the 3x3 patches
+    return {"values": torch.rand(1, height, width, 2), "index": torch.randint(-1, grid[1] * grid[2], grid),
+            "weights": torch.rand(grid) if gaussian else None, "pt": 1, "ph": 3, "pw": 3,
             "reduction": "gaussian" if gaussian else "mean", "sigma_t": 0.5 if gaussian else 1.0,
             "sigma_s": 0.8 if gaussian else 1.0, "fill": 0.0}  # fmt: skip
 
@@ -53,6 +54,7 @@ SAMPLES = [
     OpSample("vision_kernels::patch_nn", lambda: _search(0.01, large=True), "ties", LARGE),
     OpSample("vision_kernels::patch_vote", lambda: _vote(False), "mean", SMALL),
     OpSample("vision_kernels::patch_vote", lambda: _vote(True), "gaussian", SMALL),
+    OpSample("vision_kernels::patch_vote", lambda: _vote(True, 60, 70), "gaussian-60x70", LARGE),
     OpSample("vision_kernels::patch_match", _match, "3x3", SMALL),
     OpSample("vision_kernels::patch_match", lambda: _match(large=True), "5x5", LARGE),
 ]

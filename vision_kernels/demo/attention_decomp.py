@@ -50,6 +50,16 @@ def _model() -> tuple[torch.nn.Module, Callable[..., Any] | None, str]:
     return loaded.model, loaded.tokenizer, f"{name} (random weights)"
 
 
+def _text_bank(model: torch.nn.Module, tokenizer: Callable[..., Any] | None, quick: bool) -> tuple[list[str], Any]:
+    """The general text bank (every 6th text when quick) and its embeddings ``[T, E]``."""
+    from .. import clip as vc
+
+    bank = vc.load_text_bank("general")
+    if quick:
+        bank = bank[::6]
+    return bank, vc.encode_texts(model, bank, tokenizer=tokenizer)
+
+
 def _images(size: int, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
     """skimage samples at ``size`` (in [0, 1], for display) and ``copies`` augmented variants of each, normalized."""
     from skimage import data, transform
@@ -124,10 +134,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     written.append(out_dir / "layer_contributions.png")
 
     # 2. TextSpan of the last layer's head with the largest variance over the image set.
-    bank = vc.load_text_bank("general")
-    if quick:
-        bank = bank[::6]
-    text_embeddings = vc.encode_texts(model, bank, tokenizer=tokenizer)
+    bank, text_embeddings = _text_bank(model, tokenizer, quick)
     heads = vc.decompose(model, images, layers=[-1], keep_capture=False).heads[:, 0]  # [K, H, E]
     head = int(heads.var(0).sum(-1).argmax())
     result = vc.text_span(heads[:, head], text_embeddings, bank, num_texts=5 if quick else 10)
