@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,25 +118,109 @@ def _figure(path: Path, data: dict) -> Path:
     return path
 
 
-def run(out_dir: Path, quick: bool) -> list[Path]:
+@dataclass
+class _World:
+    """The toy diffusion world: a tiny UNet pre-trained on disc images, its noise scheduler and prompt."""
+
+    unet: torch.nn.Module
+    scheduler: Any
+    prompt: torch.Tensor  # [1, 4, 8] stand-in for the "sks person" text embedding
+    draws: int  # noise draws per loss evaluation
+
+    def loss(self, space: Any, coefficients: torch.Tensor, image: torch.Tensor) -> float:
+        """Denoising loss on ``image`` of the model at ``coefficients`` in ``space`` (fixed draws)."""
+        from ..weightspace import evaluate_denoising_loss
+
+        return evaluate_denoising_loss(
+            space, self.unet, self.scheduler, image, self.prompt, coefficients, draws=self.draws
+        )
+
+
+def _pretrained_world(steps: int, draws: int) -> _World:
+    """A base model for the image family (the "Stable Diffusion" of this toy world)."""
     from diffusers import DDPMScheduler
+
+    from ..weightspace import denoising_loss, tiny_unet
+
+    torch.manual_seed(0)
+    unet = tiny_unet(sample_size=SIZE)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    prompt = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(3))
+    family = torch.cat([_identity(1000 + i)[0] for i in range(64)])
+    optimizer = torch.optim.Adam(unet.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(steps):
+        x0 = family[torch.randint(0, 64, (8,), generator=generator)]
+        noise, t = torch.randn(x0.shape, generator=generator), torch.randint(0, 1000, (8,), generator=generator)
+        training_loss = denoising_loss(unet, scheduler, x0, prompt, noise, t)
+        optimizer.zero_grad()
+        training_loss.backward()
+        optimizer.step()
+    unet.requires_grad_(False)
+    return _World(unet, scheduler, prompt, draws)
+
+
+def _finetune(world: _World, images: list[torch.Tensor], steps: int, adapters: Path) -> None:
+    """One LoRA per identity, really fine-tuned, saved as peft adapter folders."""
+    from ..weightspace import finetune_lora, write_adapter
+
+    shutil.rmtree(adapters, ignore_errors=True)  # a previous run's adapters would join the dataset
+    for index, image in enumerate(images):
+        vector, layout = finetune_lora(world.unet, world.scheduler, image, world.prompt, steps=steps, lr=1e-2,
+                                       batch_size=4, base_model="toy-disc-unet", show_progress=False)  # fmt: skip
+        write_adapter(adapters / f"identity{index}", vector, layout)
+
+
+def _edit_contrast(world: _World, space: Any, identities: list, strengths: list[float]) -> tuple[Any, list[float]]:
+    """Edit direction "right" (disc on the right) with "red" projected out, applied to the mean model at
+    each strength: the loss on right-disc images minus the loss on the others."""
+    from ..weightspace import apply_edit, edit_direction
+
+    labels = {name: [attributes[name] for _, attributes in identities] for name in ("right", "red")}
+    direction = edit_direction(space.coefficients, labels["right"], project_out={"red": labels["red"]})
+    right = [i for i, (_, a) in enumerate(identities) if a["right"] > 0]
+    left = [i for i in range(len(identities)) if i not in right]
+    contrast = []
+    for strength in strengths:
+        edited = apply_edit(torch.zeros(space.coefficients.shape[1]), direction, strength * _edit_scale(space))
+        on_right = np.mean([world.loss(space, edited, identities[i][0]) for i in right]) if right else 0.0
+        on_left = np.mean([world.loss(space, edited, identities[i][0]) for i in left]) if left else 0.0
+        contrast.append(float(on_right - on_left))
+    return direction, contrast
+
+
+def _edit_scale(space: Any) -> float:
+    return float(space.coefficient_std[0])
+
+
+def _inversion(world: _World, space: Any, target: torch.Tensor, steps: int, out_dir: Path) -> dict[str, Any]:
+    """Inversion of an unseen identity, exported as a diffusers adapter; the loss along the way."""
+    from ..weightspace import invert, read_adapter
+
+    monitored: list[tuple[int, float]] = []
+
+    def monitor(step: int, coefficients: torch.Tensor) -> None:
+        if step % 10 == 9:
+            monitored.append((step + 1, world.loss(space, coefficients.clone(), target)))
+
+    result = invert(space, world.unet, world.scheduler, target, world.prompt, steps=steps, lr=0.3, batch_size=8,
+                    callback=monitor, show_progress=False)  # fmt: skip
+    before = world.loss(space, torch.zeros(space.coefficients.shape[1]), target)
+    exported = space.export_adapter(out_dir / "inverted_adapter", result.coefficients, format="diffusers")
+    assert torch.equal(read_adapter(exported).vector(), space.reconstruct(result.coefficients))
+    return {
+        "before": before,
+        "after": world.loss(space, result.coefficients, target),
+        "best_training": min(world.loss(space, c, target) for c in space.coefficients),
+        "monitor": [(0, before)] + monitored,
+        "exported": exported,
+    }
+
+
+def run(out_dir: Path, quick: bool) -> list[Path]:
     from diffusers.utils import logging as diffusers_logging
 
-    from ..weightspace import (
-        LoraDataset,
-        apply_edit,
-        denoising_loss,
-        edit_direction,
-        evaluate_denoising_loss,
-        finetune_lora,
-        fit_exact,
-        fit_streaming,
-        invert,
-        read_adapter,
-        sample_coefficients,
-        tiny_unet,
-        write_adapter,
-    )
+    from ..weightspace import LoraDataset, apply_edit, fit_exact, fit_streaming, sample_coefficients
 
     diffusers_logging.set_verbosity_error()
     threads = torch.get_num_threads()
@@ -142,44 +228,13 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     try:
         count = 6 if quick else 12
         pretrain_steps, finetune_steps, invert_steps, draws = (200, 150, 100, 16) if quick else (400, 250, 200, 32)
-        torch.manual_seed(0)
-        unet = tiny_unet(sample_size=SIZE)
-        scheduler = DDPMScheduler(num_train_timesteps=1000)
-        prompt = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(3))  # stand-in for "sks person"
-
-        # 1. A base model for the image family (the "Stable Diffusion" of this toy world).
-        family = torch.cat([_identity(1000 + i)[0] for i in range(64)])
-        optimizer = torch.optim.Adam(unet.parameters(), lr=2e-3)
-        generator = torch.Generator().manual_seed(7)
-        for _ in range(pretrain_steps):
-            x0 = family[torch.randint(0, 64, (8,), generator=generator)]
-            noise, t = torch.randn(x0.shape, generator=generator), torch.randint(0, 1000, (8,), generator=generator)
-            training_loss = denoising_loss(unet, scheduler, x0, prompt, noise, t)
-            optimizer.zero_grad()
-            training_loss.backward()
-            optimizer.step()
-        unet.requires_grad_(False)
-
-        # 2. One LoRA per identity, really fine-tuned, saved as peft adapter folders.
+        world = _pretrained_world(pretrain_steps, draws)
         identities = [_identity(i) for i in range(count)]
-        adapters = out_dir / "adapters"
-        shutil.rmtree(adapters, ignore_errors=True)  # a previous run's adapters would join the dataset
-        for index, (image, _) in enumerate(identities):
-            vector, layout = finetune_lora(
-                unet,
-                scheduler,
-                image,
-                prompt,
-                steps=finetune_steps,
-                lr=1e-2,
-                batch_size=4,
-                base_model="toy-disc-unet",
-                show_progress=False,
-            )
-            write_adapter(adapters / f"identity{index}", vector, layout)
+        images = [image for image, _ in identities]
+        _finetune(world, images, finetune_steps, out_dir / "adapters")
 
-        # 3. Dataset -> weight matrix on disk -> streaming fit (checked against the exact fit).
-        dataset = LoraDataset.from_folder(adapters, show_progress=False)
+        # Dataset -> weight matrix on disk -> streaming fit (checked against the exact fit).
+        dataset = LoraDataset.from_folder(out_dir / "adapters", show_progress=False)
         matrix = dataset.write_matrix(out_dir / "weights.safetensors", show_progress=False)
         components = count - 1
         space = fit_streaming(matrix, components, show_progress=False)
@@ -187,45 +242,14 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         space_path = space.save(out_dir / "w2w_space.safetensors")
         training = space.coefficients  # [count, components]: the streaming fit keeps the training coordinates
         assert training is not None
-
-        def loss(coefficients: torch.Tensor, image: torch.Tensor) -> float:
-            return evaluate_denoising_loss(space, unet, scheduler, image, prompt, coefficients, draws=draws)
-
-        images = [image for image, _ in identities]
         mean_model = torch.zeros(components)
-        loss_matrix = [[loss(training[i], image) for image in images] for i in range(count)]
-        loss_matrix.append([loss(mean_model, image) for image in images])
+        loss_matrix = [[world.loss(space, training[i], image) for image in images] for i in range(count)]
+        loss_matrix.append([world.loss(space, mean_model, image) for image in images])
 
-        # 4. Sampling and editing ("right" = disc on the right, with "red" projected out).
         samples = sample_coefficients(space, 200, generator=torch.Generator().manual_seed(4))
-        labels = {name: [attributes[name] for _, attributes in identities] for name in ("right", "red")}
-        direction = edit_direction(training, labels["right"], project_out={"red": labels["red"]})
-        scale = float(space.coefficient_std[0])
         strengths = [-2.0, -1.0, 0.0, 1.0, 2.0]
-        right = [i for i, (_, a) in enumerate(identities) if a["right"] > 0]
-        left = [i for i in range(count) if i not in right]
-        contrast = []
-        for strength in strengths:
-            edited = apply_edit(mean_model, direction, strength * scale)
-            on_right = np.mean([loss(edited, images[i]) for i in right]) if right else 0.0
-            on_left = np.mean([loss(edited, images[i]) for i in left]) if left else 0.0
-            contrast.append(float(on_right - on_left))
-
-        # 5. Inversion of an unseen identity, exported as a diffusers adapter.
-        target, _ = _identity(count + 50)
-        monitored: list[tuple[int, float]] = []
-
-        def monitor(step: int, coefficients: torch.Tensor) -> None:
-            if step % 10 == 9:
-                monitored.append((step + 1, loss(coefficients.clone(), target)))
-
-        result = invert(space, unet, scheduler, target, prompt, steps=invert_steps, lr=0.3, batch_size=8,
-                        callback=monitor, show_progress=False)  # fmt: skip
-        before, after = loss(mean_model, target), loss(result.coefficients, target)
-        best_training = min(loss(training[i], target) for i in range(count))
-        exported = space.export_adapter(out_dir / "inverted_adapter", result.coefficients, format="diffusers")
-        assert torch.equal(read_adapter(exported).vector(), space.reconstruct(result.coefficients))
-
+        direction, contrast = _edit_contrast(world, space, identities, strengths)
+        inversion = _inversion(world, space, _identity(count + 50)[0], invert_steps, out_dir)
         data = {
             "title": f"weights2weights on a toy UNet: {count} fine-tuned rank-1 LoRAs, "
             f"{dataset.layout.dim}-dimensional weight space, {components} components",
@@ -237,29 +261,41 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             "training_coefficients": training.tolist(),
             "sampled_coefficients": samples.tolist(),
             "edit_start": mean_model.tolist(),
-            "edit_end": apply_edit(mean_model, direction, 2 * scale).tolist(),
+            "edit_end": apply_edit(mean_model, direction, 2 * _edit_scale(space)).tolist(),
             "edit_strengths": strengths,
             "edit_contrast": contrast,
-            "inversion_monitor": [(0, before)] + monitored,
-            "inversion_before": before,
-            "inversion_best_training": best_training,
+            "inversion_monitor": inversion["monitor"],
+            "inversion_before": inversion["before"],
+            "inversion_best_training": inversion["best_training"],
         }
         figure = _figure(out_dir / "weights2weights.png", data)
-        own_best = float(np.mean(np.argmin(np.asarray(loss_matrix[:count]), axis=0) == np.arange(count)))
-        summary = {
-            "models": count,
-            "layout": dataset.layout.describe(),
-            "fit": space.info,
-            "explained_variance_streaming": data["ev_streaming"],
-            "explained_variance_exact": data["ev_exact"],
-            "images_best_fitted_by_their_own_lora": own_best,
-            "edit_contrast_by_strength": dict(zip([str(s) for s in strengths], contrast, strict=True)),
-            "inversion_denoising_loss": {"mean_model": before, "inverted": after, "best_training_lora": best_training},
-            "exported_adapter": str(exported),
-            "space": str(space_path),
-        }
-        report = out_dir / "summary.json"
-        write_text_atomic(report, json.dumps(summary, indent=2) + "\n")
+        report = _summary(out_dir, data, dataset, space, space_path, inversion)
         return [figure, report, space_path]
     finally:
         torch.set_num_threads(threads)
+
+
+def _summary(out_dir: Path, data: dict, dataset: Any, space: Any, space_path: Path, inversion: dict) -> Path:
+    count = len(data["images"])
+    own_best = float(np.mean(np.argmin(np.asarray(data["loss_matrix"][:count]), axis=0) == np.arange(count)))
+    summary = {
+        "models": count,
+        "layout": dataset.layout.describe(),
+        "fit": space.info,
+        "explained_variance_streaming": data["ev_streaming"],
+        "explained_variance_exact": data["ev_exact"],
+        "images_best_fitted_by_their_own_lora": own_best,
+        "edit_contrast_by_strength": dict(
+            zip([str(s) for s in data["edit_strengths"]], data["edit_contrast"], strict=True)
+        ),  # fmt: skip
+        "inversion_denoising_loss": {
+            "mean_model": inversion["before"],
+            "inverted": inversion["after"],
+            "best_training_lora": inversion["best_training"],
+        },  # fmt: skip
+        "exported_adapter": str(inversion["exported"]),
+        "space": str(space_path),
+    }
+    report = out_dir / "summary.json"
+    write_text_atomic(report, json.dumps(summary, indent=2) + "\n")
+    return report
