@@ -76,12 +76,10 @@ def decompose_per_token(quick: bool) -> Contenders:
     return _decomposition_case(per_token=True, quick=quick)
 
 
-@case(
-    "attention_decomp",
-    "decompose ViT-B-32 224px batch 8, per token, fp16 terms (quick: batch 1)",
-    quick=False,
-    repeats=3,
-)
+PER_TOKEN_FP16 = "decompose ViT-B-32 224px batch 8, per token, fp16 terms (quick: batch 1)"
+
+
+@case("attention_decomp", PER_TOKEN_FP16, quick=False, repeats=3)
 def decompose_per_token_fp16(quick: bool) -> Contenders:
     """The caller's output dtype: fp16 terms halve the [B, L, H, N, E] output that bounds the peak memory."""
     return _decomposition_case(per_token=True, quick=quick, dtype=torch.float16)
