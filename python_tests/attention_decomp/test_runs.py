@@ -222,24 +222,7 @@ def test_textspan_from_shards_equals_in_memory_text_span(data: dict[str, Path], 
     from vision_kernels.clip import encode_texts, text_span
     from vision_kernels.clip.runs import DecomposeRun
 
-    assert (
-        main(
-            [
-                "clip",
-                "textspan",
-                str(full_run),
-                "--texts",
-                str(data["bank"]),
-                "--heads",
-                "2.1,-1.3,1.0",
-                "--k",
-                "4",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+    assert _textspan(full_run, data["bank"], "2.1,-1.3,1.0", 4, tmp_path) == 0
     report = json.loads((tmp_path / "textspan.json").read_text())
     assert [(h["layer"], h["head"]) for h in report["heads"]] == [(2, 1), (2, 3), (1, 0)]
     assert report["images"] == 17
@@ -319,6 +302,12 @@ def test_nan_images_are_rejected_by_decompose(data: dict[str, Path]) -> None:
         decompose(loaded.model, images)
 
 
+def _textspan(run: Path, bank: Path, heads: str, k: int, out: Path) -> int:
+    """``vision-kernels clip textspan RUN --texts BANK --heads HEADS --k K --out OUT``."""
+    words = ["clip", "textspan", run, "--texts", bank, "--heads", heads, "--k", k, "--out", out]
+    return main([str(word) for word in words])
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_rank(data: dict[str, Path], full_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "two"
@@ -345,24 +334,7 @@ def test_two_gloo_ranks_equal_one_rank(data: dict[str, Path], full_run: Path, tm
     assert _shard_bytes(out) == _shard_bytes(full_run)
     one = tmp_path / "one"
     one.mkdir()
-    assert (
-        main(
-            [
-                "clip",
-                "textspan",
-                str(full_run),
-                "--texts",
-                str(data["bank"]),
-                "--heads",
-                "last2",
-                "--k",
-                "3",
-                "--out",
-                str(one),
-            ]
-        )
-        == 0
-    )
+    assert _textspan(full_run, data["bank"], "last2", 3, one) == 0
     assert main(["clip", "ablate", str(full_run), "--heads", "2.1", "--out", str(one)]) == 0
     span_one, span_two = (json.loads((f / "textspan.json").read_text())["heads"] for f in (one, out))
     assert [h["texts"] for h in span_one] == [h["texts"] for h in span_two]

@@ -15,34 +15,19 @@ from vision_kernels.testing import emulated
 OP = torch.ops.vision_kernels.patch_match
 
 
+def _arguments(q, k, patch, kwargs):
+    """The op's arguments in schema order (defaults: 4 iterations, seed 0, finite values checked)."""
+    masks = (kwargs.get("query_mask"), kwargs.get("key_mask"), kwargs.get("key_den"))
+    return (q, k, *masks, *normalize_patch_size(patch), kwargs.get("iterations", 4), kwargs.get("seed", 0),
+            kwargs.get("init"), True)  # fmt: skip
+
+
 def cpu_kernel(q, k, patch, **kwargs):
-    return OP(
-        q,
-        k,
-        kwargs.get("query_mask"),
-        kwargs.get("key_mask"),
-        kwargs.get("key_den"),
-        *normalize_patch_size(patch),
-        kwargs.get("iterations", 4),
-        kwargs.get("seed", 0),
-        kwargs.get("init"),
-        True,
-    )
+    return OP(*_arguments(q, k, patch, kwargs))
 
 
 def cuda_emulated(q, k, patch, **kwargs):
-    return emulated(OP)(
-        q,
-        k,
-        kwargs.get("query_mask"),
-        kwargs.get("key_mask"),
-        kwargs.get("key_den"),
-        *normalize_patch_size(patch),
-        kwargs.get("iterations", 4),
-        kwargs.get("seed", 0),
-        kwargs.get("init"),
-        True,
-    )
+    return emulated(OP)(*_arguments(q, k, patch, kwargs))
 
 
 KERNELS = [
