@@ -50,6 +50,8 @@ def _match(large: bool = False) -> dict[str, object]:
 
 SAMPLES = [
     OpSample("vision_kernels::patch_nn", lambda: _search(None), "plain", SMALL),
+    OpSample("vision_kernels::patch_nn", lambda: _search(None, masked=True), "masked", SMALL),
+    OpSample("vision_kernels::patch_nn", lambda: _search(0.1), "alpha", SMALL),
     OpSample("vision_kernels::patch_nn", lambda: _search(0.1, masked=True), "alpha-masked", SMALL),
     OpSample("vision_kernels::patch_nn", lambda: _search(0.01, large=True), "ties", LARGE),
     OpSample("vision_kernels::patch_vote", lambda: _vote(False), "mean", SMALL),
