@@ -94,9 +94,11 @@ def run(
     quick: bool = False,
     family: str | None = None,
     name_filter: str | None = None,
-    log: TextIO = sys.stderr,
+    log: TextIO | None = None,
 ) -> tuple[list[Measurement], dict[str, float]]:
-    """Run the selected cases in this process; returns the measurements and the ceilings."""
+    """Run the selected cases in this process; returns the measurements and the ceilings (``log``:
+    sys.stderr at call time by default)."""
+    log = sys.stderr if log is None else log
     load_cases()
     selected = [
         c

@@ -49,9 +49,12 @@ def run_demo(
     quick: bool = False,
     benchmarks: bool = True,
     full_benchmarks: bool = False,
-    log: TextIO = sys.stdout,
+    log: TextIO | None = None,
 ) -> list[Path]:
-    """Run the selected sections (all by default) and the benchmarks; return the files written."""
+    """Run the selected sections (all by default) and the benchmarks; return the files written.
+
+    ``log`` defaults to ``sys.stdout`` at call time (not at import: a replaced stdout may be closed by then)."""
+    log = sys.stdout if log is None else log
     known = discover_sections()
     chosen = list(sections) if sections else list(known)
     unknown = [s for s in chosen if s not in known]
