@@ -142,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--family: unknown id {args.family!r}; choose from {', '.join(family_ids())}")
     if args.list:
         for c in CASES:
+            if args.family is not None and not c.selected_by(args.family):
+                continue
             print(f"{c.family}: {c.name}{'' if c.quick else '  (full runs only)'}")
         return 0
     measurements, limits = run(quick=args.quick, family=args.family, name_filter=args.name_filter)
