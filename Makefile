@@ -35,7 +35,7 @@ SMOKE_VENV ?= build/venv-oldest-torch
 TORCH_WHEELHOUSE ?= $(HOME)/.cache/vision-kernels/wheelhouse-torch-$(OLDEST_TORCH)
 # Tests that need only the base install (no extras): the core ops, build and packaging checks,
 # run folders with 2 gloo ranks.
-SMOKE_TESTS ?= test_build.py test_packaging.py test_distance.py runs
+SMOKE_TESTS ?= test_build.py test_packaging.py distance runs
 
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.vk-deps

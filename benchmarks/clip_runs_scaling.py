@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
     args = parser.parse_args()
-    from vision_kernels.bench.cases.clip_runs import make_image_folder
+    from vision_kernels.bench.cases.attention_decomp_runs import make_image_folder
 
     threads = os.cpu_count() or 2
     with tempfile.TemporaryDirectory(prefix="vk-clip-scaling-") as tmp:

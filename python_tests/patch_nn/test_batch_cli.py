@@ -4,9 +4,6 @@ two gloo ranks (issue 14 item 5)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import torch
 
 from vision_kernels.cli import main
 from vision_kernels.patchnn import read_image, read_video, write_image, write_video
+from vision_kernels.testing import run_ranks
 
 FAST = ["--patch-size", "5", "--coarsest", "12", "--iterations", "1", "--quiet"]
 VIDEO_FAST = ["--patch-size", "3", "5", "5", "--coarsest", "12", "--iterations", "1", "--quiet"]
@@ -115,40 +113,14 @@ def test_vgpnn_generate_folder_of_videos(tmp_path: Path, capsys) -> None:
     assert code == 0 and read_video(tmp_path / "f.gif")[0].shape == (6, 20, 24, 3), log
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_gloo_ranks_split_the_files(tmp_path: Path) -> None:
     _images(tmp_path / "in", ["a.png", "b.png", "c.png"])
     out = tmp_path / "out"
-    port = _free_port()
-    processes = []
-    for rank in range(2):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            WORLD_SIZE="2",
-            LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            VK_PROGRESS="0",
-        )
-        argv = ["gpnn", "generate", str(tmp_path / "in"), "-o", str(out), "--count", "2", *FAST]
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "vision_kernels.cli", *argv],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    logs = [p.communicate(timeout=600)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], logs
+    argv = ["gpnn", "generate", str(tmp_path / "in"), "-o", str(out), "--count", "2", *FAST]
+    results = run_ranks([sys.executable, "-m", "vision_kernels.cli", *argv], capture=True)
+    logs = [r.stdout + r.stderr for r in results]
+    assert [r.returncode for r in results] == [0, 0], logs
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}_{i}.png" for s in "abc" for i in range(2))
     written = [{line.split("wrote ")[1].split(" ")[0] for line in log.splitlines() if "wrote " in line} for log in logs]
     assert written[0] and written[1] and not written[0] & written[1]  # disjoint shares, every file once

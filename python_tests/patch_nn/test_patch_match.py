@@ -15,34 +15,19 @@ from vision_kernels.testing import emulated
 OP = torch.ops.vision_kernels.patch_match
 
 
+def _arguments(q, k, patch, kwargs):
+    """The op's arguments in schema order (defaults: 4 iterations, seed 0, finite values checked)."""
+    masks = (kwargs.get("query_mask"), kwargs.get("key_mask"), kwargs.get("key_den"))
+    return (q, k, *masks, *normalize_patch_size(patch), kwargs.get("iterations", 4), kwargs.get("seed", 0),
+            kwargs.get("init"), True)  # fmt: skip
+
+
 def cpu_kernel(q, k, patch, **kwargs):
-    return OP(
-        q,
-        k,
-        kwargs.get("query_mask"),
-        kwargs.get("key_mask"),
-        kwargs.get("key_den"),
-        *normalize_patch_size(patch),
-        kwargs.get("iterations", 4),
-        kwargs.get("seed", 0),
-        kwargs.get("init"),
-        True,
-    )
+    return OP(*_arguments(q, k, patch, kwargs))
 
 
 def cuda_emulated(q, k, patch, **kwargs):
-    return emulated(OP)(
-        q,
-        k,
-        kwargs.get("query_mask"),
-        kwargs.get("key_mask"),
-        kwargs.get("key_den"),
-        *normalize_patch_size(patch),
-        kwargs.get("iterations", 4),
-        kwargs.get("seed", 0),
-        kwargs.get("init"),
-        True,
-    )
+    return emulated(OP)(*_arguments(q, k, patch, kwargs))
 
 
 KERNELS = [
@@ -127,11 +112,10 @@ def test_more_iterations_never_hurt() -> None:
     assert scores[0] >= scores[1] >= scores[2]
 
 
-def test_image_api_and_opcheck() -> None:
+def test_image_api() -> None:  # opcheck: python_tests/test_op_contracts.py with patch_nn/samples.py
     q, k = torch.rand(9, 10, 3), torch.rand(8, 8, 3)
     result = patch_match(q, k, 3, alpha=0.01, iterations=2)
     assert isinstance(result, PatchNNResult) and result.index.shape == (7, 8)
-    torch.library.opcheck(OP.default, (q[None], k[None], None, None, None, 1, 3, 3, 2, 5, None, True))
 
 
 BAD = [

@@ -4,8 +4,6 @@ strides, extreme magnitudes, every screening instruction set), torch.library con
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -217,39 +215,6 @@ def test_image_inputs_give_image_grids() -> None:
     assert torch.equal(video.index[0], result.index)
 
 
-def test_thread_count_does_not_change_results() -> None:
-    g = torch.Generator().manual_seed(7)
-    q, k = quantized((1, 30, 31, 3), 8, g), quantized((1, 29, 33, 3), 8, g)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = patch_nn(q, k, 5, alpha=0.01)
-        torch.set_num_threads(max(2, threads))
-        many = patch_nn(q, k, 5, alpha=0.01)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(one.index, many.index) and torch.equal(one.distance, many.distance)
-
-
-def test_concurrent_python_threads() -> None:
-    q, k = torch.rand(1, 20, 20, 3), torch.rand(1, 22, 19, 3)
-    expected = patch_nn(q, k, 5, alpha=0.01)
-    results: list[PatchNNResult] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        out = patch_nn(q, k, 5, alpha=0.01)
-        with lock:
-            results.append(out)
-
-    workers = [threading.Thread(target=work) for _ in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert all(torch.equal(r.index, expected.index) for r in results) and len(results) == 4
-
-
 def test_numpy_in_numpy_out() -> None:
     rng = np.random.default_rng(0)
     q, k = rng.random((9, 9, 3), dtype=np.float32), rng.random((8, 10, 3), dtype=np.float32)
@@ -257,15 +222,6 @@ def test_numpy_in_numpy_out() -> None:
     assert isinstance(result, PatchNNResult) and isinstance(result.index, np.ndarray)
     want = reference.patch_nn(torch.from_numpy(q)[None], torch.from_numpy(k)[None], 3)
     np.testing.assert_array_equal(result.index, want[0][0].numpy())
-
-
-@pytest.mark.parametrize("alpha", [None, 0.1])
-def test_opcheck(alpha) -> None:
-    q, k = torch.rand(1, 6, 7, 2), torch.rand(1, 7, 6, 2)
-    torch.library.opcheck(OP.default, (q, k, None, None, 1, 3, 3, alpha, True))
-    qm = torch.rand(1, 4, 5) > 0.3
-    qm[0, 0, 0] = True
-    torch.library.opcheck(OP.default, (q, k, qm, None, 1, 3, 3, alpha, False))
 
 
 def test_torch_compile_fullgraph() -> None:

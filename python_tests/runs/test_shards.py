@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +12,7 @@ import pytest
 import torch
 
 from vision_kernels.runs import RunReader, RunSpec, ShardedRun
+from vision_kernels.testing import run_ranks
 
 INPUTS = [f"item-{i}" for i in range(10)]
 
@@ -129,12 +128,6 @@ _RANK_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one(tmp_path: Path) -> None:
     script = tmp_path / "rank.py"
@@ -142,21 +135,8 @@ def test_two_gloo_ranks_equal_one(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(script), str(tmp_path / "one"), str(tmp_path / "one.pt")], check=True, timeout=300
     )
-    port = _free_port()
-    processes = []
-    for rank in range(2):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            WORLD_SIZE="2",
-            LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
-        processes.append(
-            subprocess.Popen([sys.executable, str(script), str(tmp_path / "two"), str(tmp_path / "two.pt")], env=env)
-        )
-    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    results = run_ranks([sys.executable, script, tmp_path / "two", tmp_path / "two.pt"], timeout=300)
+    assert [r.returncode for r in results] == [0, 0]
     one, two = RunReader.open(tmp_path / "one"), RunReader.open(tmp_path / "two")
     assert [r["sha256"] for r in one.manifest["shards"]] == [r["sha256"] for r in two.manifest["shards"]]
     torch.testing.assert_close(torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt"), rtol=1e-12, atol=0)

@@ -27,6 +27,13 @@ def load_cases() -> None:
         importlib.import_module(f"{cases.__name__}.{module.name}")
 
 
+def family_ids() -> list[str]:
+    """What ``--family`` accepts: every family id, then every cases module that is not itself a family id."""
+    families = sorted({c.family for c in CASES})
+    modules = sorted({c.module for c in CASES} - set(families))
+    return families + modules
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else (f"{value:.3g}" if value < 100 else f"{value:.0f}")
 
@@ -87,15 +94,17 @@ def run(
     quick: bool = False,
     family: str | None = None,
     name_filter: str | None = None,
-    log: TextIO = sys.stderr,
+    log: TextIO | None = None,
 ) -> tuple[list[Measurement], dict[str, float]]:
-    """Run the selected cases in this process; returns the measurements and the ceilings."""
+    """Run the selected cases in this process; returns the measurements and the ceilings (``log``:
+    sys.stderr at call time by default)."""
+    log = sys.stderr if log is None else log
     load_cases()
     selected = [
         c
         for c in CASES
         if (not quick or c.quick)
-        and (family is None or c.family == family)
+        and (family is None or c.selected_by(family))
         and (name_filter is None or name_filter in c.name)
     ]
     limits = ceilings()
@@ -123,13 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats, quick cases only")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
-    parser.add_argument("--family", help="only this family (e.g. distance, clip, patch_nn, pca, cc_conv)")
+    parser.add_argument("--family", help="only this family id or cases module (the ids are listed below)")
     parser.add_argument("--case", dest="name_filter", help="only cases whose name contains this text")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    load_cases()
+    parser.epilog = "family ids: " + ", ".join(family_ids())
     args = parser.parse_args(argv)
+    if args.family is not None and args.family not in family_ids():
+        parser.error(f"--family: unknown id {args.family!r}; choose from {', '.join(family_ids())}")
     if args.list:
-        load_cases()
         for c in CASES:
+            if args.family is not None and not c.selected_by(args.family):
+                continue
             print(f"{c.family}: {c.name}{'' if c.quick else '  (full runs only)'}")
         return 0
     measurements, limits = run(quick=args.quick, family=args.family, name_filter=args.name_filter)

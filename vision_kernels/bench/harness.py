@@ -106,11 +106,16 @@ class Contenders:
 
 @dataclass
 class Case:
-    family: str
+    family: str  # the family id (csrc/<family>/), e.g. "patch_nn"
     name: str
     setup: Callable[[bool], Contenders]
     quick: bool  # included in --quick runs
     repeats: int
+    module: str = ""  # the cases module that registered it, e.g. "patch_nn_video" (= its demo section)
+
+    def selected_by(self, name: str) -> bool:
+        """``--family name``: a family id selects all its modules' cases, a module name only its own."""
+        return name in (self.family, self.module)
 
 
 CASES: list[Case] = []
@@ -122,7 +127,8 @@ def case(
     """Register ``setup(quick: bool) -> Contenders`` as a benchmark case of ``family``."""
 
     def register(setup: Callable[[bool], Contenders]) -> Callable[[bool], Contenders]:
-        CASES.append(Case(family, name, setup, quick, repeats))
+        module = setup.__module__.rsplit(".", 1)[-1]
+        CASES.append(Case(family, name, setup, quick, repeats, module))
         return setup
 
     return register
@@ -255,6 +261,7 @@ class Measurement:
     fraction_of_ceiling: float | None
     ceiling: str | None
     metrics: dict[str, float | str]
+    module: str = ""  # the cases module (Case.module)
 
     @property
     def speedup_vs_reference(self) -> float | None:
@@ -272,6 +279,7 @@ class Measurement:
     def as_dict(self) -> dict[str, Any]:
         return {
             "family": self.family,
+            "module": self.module,
             "case": self.name,
             "ours_ms": self.ours_ms,
             "ours_peak_mib": self.ours_peak_mib,
@@ -328,4 +336,5 @@ def run_case(benchmark: Case, quick: bool) -> Measurement:
         fraction,
         ceiling_name,
         dict(contenders.metrics),
+        benchmark.module,
     )

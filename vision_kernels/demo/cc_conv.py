@@ -20,6 +20,8 @@ from ..nn import InterpolationFilter
 from ..nn.alignment import centroid, downscale_drift
 from ..nn.resize_example import EVAL_SCALES, ResizeNet, evaluate, train
 
+ORDER = 30  # place in the demo run (vision_kernels.demo discovers the sections)
+
 
 def _figure():  # type: ignore[no-untyped-def]
     import matplotlib

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from ..ops import sq_l2_distance
 from ._figures import save_panels
 
+ORDER = 10  # place in the demo run (vision_kernels.demo discovers the sections)
+
 
 def run(out_dir: Path, quick: bool) -> list[Path]:
     from skimage import data, transform

@@ -34,6 +34,8 @@ from ..patchnn import (
 )
 from ._figures import save_panels
 
+ORDER = 40  # place in the demo run (vision_kernels.demo discovers the sections)
+
 
 def _image(name: str, height: int) -> torch.Tensor:
     from skimage import data, transform

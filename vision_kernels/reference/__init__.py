@@ -5,6 +5,6 @@ same conventions (shapes, dtypes, accumulation precision) as the ops, and take n
 that the kernels take.
 """
 
-from . import attention_decomp, cc_conv, distance, patch_nn, pca, second_order
+from . import attention_decomp, cc_conv, distance, patch_nn, pca_project, second_order
 
-__all__ = ["attention_decomp", "cc_conv", "distance", "patch_nn", "pca", "second_order"]
+__all__ = ["attention_decomp", "cc_conv", "distance", "patch_nn", "pca_project", "second_order"]

@@ -21,9 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-def _accumulation(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ._precision import accumulation_dtype
 
 
 def attention_decomposition(
@@ -45,7 +43,7 @@ def attention_decomposition(
     Computed in float32 (float64 for float64 inputs) and returned in ``out_dtype`` (default: the
     input dtype).
     """
-    accumulate = _accumulation(values.dtype)
+    accumulate = accumulation_dtype(values.dtype)
     layer_list = list(range(values.shape[1])) if layers is None else list(layers)
     index = torch.tensor(layer_list, dtype=torch.long, device=values.device)
     v = values.to(accumulate).index_select(1, index)  # [B, S, N, H, Dh]

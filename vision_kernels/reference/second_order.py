@@ -21,11 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._precision import accumulation_dtype
 from .clip_forward import ForwardRecord, forward_record
-
-
-def _accumulation(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def second_order_effects(
@@ -45,7 +42,7 @@ def second_order_effects(
     Returns ``[B, Nn, E]``, computed in float32 (float64 for float64 inputs), in ``out_dtype`` (default:
     the input dtype).
     """
-    accumulate = _accumulation(attn.dtype)
+    accumulate = accumulation_dtype(attn.dtype)
     layer_list = list(range(attn.shape[1])) if layers is None else list(layers)
     index = torch.tensor(layer_list, dtype=torch.long, device=attn.device)
     a = attn.to(accumulate).index_select(1, index)  # [B, S, H, N]
