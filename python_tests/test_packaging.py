@@ -36,6 +36,8 @@ NON_FEATURE_EXTRAS = {"all", "test", "smoke", "gpu", "gpu-cu12", "gpu-cu13"}
 # Imported by vision_kernels without being declared: cupy arrives only as a user's own cupy array
 # (ops/_interop.py), so it is installed whenever it is imported.
 UNDECLARED_IMPORTS = {"cupy"}
+# Imported only by tools that run the test suite (vision_kernels.gpucheck): declared in the test extra.
+TEST_EXTRA_IMPORTS = {"pytest"}
 # Declared before the code that imports it lands (the data extra's loaders, another branch).
 NOT_YET_IMPORTED: set[str] = set()
 BASE_IMPORT_NAMES = {"torch": "torch", "numpy": "numpy", "tqdm": "tqdm", "PIL": "pillow", "safetensors": "safetensors"}
@@ -123,12 +125,13 @@ def _third_party_imports() -> dict[str, str]:
 def test_every_import_is_a_dependency_or_an_extra() -> None:
     imports = _third_party_imports()
     unknown = {m: f for m, f in imports.items() if m not in BASE_IMPORT_NAMES and m not in _optional.EXTRAS}
-    assert set(unknown) <= UNDECLARED_IMPORTS, f"imports with no dependency or extra: {unknown}"
+    assert set(unknown) <= UNDECLARED_IMPORTS | TEST_EXTRA_IMPORTS, f"imports with no dependency or extra: {unknown}"
+    assert TEST_EXTRA_IMPORTS <= _expand("test"), "the test extra must declare what gpu-check imports"
     base = {_name(r) for r in PROJECT["dependencies"]}
     assert set(BASE_IMPORT_NAMES.values()) <= base
     # ...and nothing is declared that is never imported (imageio / imageio-ffmpeg were).
     declared = base | set().union(*(_expand(e) for e in EXTRAS if e not in NON_FEATURE_EXTRAS))
-    known = [m for m in imports if m not in UNDECLARED_IMPORTS]
+    known = [m for m in imports if m not in UNDECLARED_IMPORTS | TEST_EXTRA_IMPORTS]
     imported = {BASE_IMPORT_NAMES.get(m) or _name(_optional.EXTRAS[m][0]) for m in known}
     assert declared - imported <= NOT_YET_IMPORTED, f"declared but never imported: {declared - imported}"
 

@@ -115,7 +115,7 @@ def _pca_space(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, i
 @gpu_case("pca_project", "pca_project 5000 x 99648 -> 1000 fp32")
 def project(device: str) -> Contenders:
     from ..ops import pca_project
-    from ..reference import pca as reference
+    from ..reference import pca_project as reference
 
     mean, std, basis, rows = _pca_space(device)
     w = _randn(rows, basis.shape[0], device=device) * std + mean  # [N, D]
@@ -131,7 +131,7 @@ def project(device: str) -> Contenders:
 @gpu_case("pca_reconstruct", "pca_reconstruct 5000 x 1000 -> 99648 fp32")
 def reconstruct(device: str) -> Contenders:
     from ..ops import pca_reconstruct
-    from ..reference import pca as reference
+    from ..reference import pca_project as reference
 
     mean, std, basis, rows = _pca_space(device)
     coefficients = _randn(rows, basis.shape[1], device=device)  # [N, K]
